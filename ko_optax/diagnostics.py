@@ -1,0 +1,135 @@
+"""Measuring condensation: how alike the neurons of a layer have become.
+
+"Parameter condensation" is the collapse of a layer's neurons onto a few
+directions; KO's collisions are meant to prevent it. Per particle leaf (see
+:mod:`ko_optax.particles`) this module measures:
+
+* ``mean_abs_cos``: the mean off-diagonal ``|cos(w_i, w_j)|`` of the neurons
+  (1: all neurons parallel; near 0: spread out);
+* ``effective_rank``: ``exp(H(p))`` with ``p`` the normalised singular values
+  of the ``N x D`` neuron matrix (Roy and Vetterli, 2007): how many directions
+  the layer really uses;
+* the kinetic temperature of a velocity field (the gradients): the mean
+  squared deviation of the particles' velocities from their mean.
+
+Every function is pure and jit-compatible, so it can be logged inside a
+jitted training step.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from ko_optax import collision as collision_lib
+from ko_optax import particles as particles_lib
+
+
+class Condensation(NamedTuple):
+  """Condensation metrics of one particle leaf.
+
+  Attributes:
+    mean_abs_cos: mean off-diagonal |cosine similarity| of the particles.
+    effective_rank: exp of the entropy of the normalised singular values.
+  """
+  mean_abs_cos: jax.Array
+  effective_rank: jax.Array
+
+
+def _matrix(leaf: jax.Array, axes: tuple[int, ...]) -> jax.Array:
+  dtype = collision_lib.compute_dtype(leaf.dtype)
+  return particles_lib.to_particles(jnp.asarray(leaf).astype(dtype), axes)
+
+
+def cosine_matrix(leaf: jax.Array, particle_axes: Any = -1) -> jax.Array:
+  """The N x N cosine-similarity matrix of a leaf's particles.
+
+  Args:
+    leaf: a parameter array with ndim >= 2.
+    particle_axes: the axis or axes indexing the particles (default: last).
+
+  Returns:
+    Array (N, N); rows and columns of zero particles are 0.
+  """
+  axes = particles_lib.resolve_particle_axes(particle_axes, leaf)[0]
+  if axes is None:
+    raise ValueError('cosine_matrix needs a leaf with ndim >= 2.')
+  p_hat, _ = collision_lib.unit_columns(_matrix(leaf, axes))
+  return p_hat.T @ p_hat
+
+
+def mean_abs_cos(p: jax.Array) -> jax.Array:
+  """Mean off-diagonal |cos| of the columns of a (D, N) particle matrix."""
+  n = p.shape[-1]
+  if n < 2:
+    return jnp.zeros((), p.dtype)
+  p_hat, _ = collision_lib.unit_columns(p)
+  c = jnp.abs(p_hat.T @ p_hat)
+  off_diagonal = jnp.sum(c) - jnp.sum(jnp.diagonal(c))
+  return off_diagonal / (n * (n - 1))
+
+
+def effective_rank(p: jax.Array) -> jax.Array:
+  """exp(entropy) of the normalised singular values of a matrix; 0 if zero."""
+  s = jnp.linalg.svd(p, compute_uv=False)
+  total = jnp.sum(s)
+  q = s / jnp.where(total > 0, total, 1.0)
+  entropy = -jnp.sum(jnp.where(q > 0, q * jnp.log(jnp.where(q > 0, q, 1.0)),
+                               0.0))
+  return jnp.where(total > 0, jnp.exp(entropy), 0.0)
+
+
+def kinetic_temperature_of(p: jax.Array) -> jax.Array:
+  """Mean squared deviation of the columns of (D, N) from their mean."""
+  centred = p - jnp.mean(p, axis=-1, keepdims=True)
+  return jnp.mean(jnp.sum(jnp.square(centred), axis=-2))
+
+
+def condensation(params: Any, *, particle_axes: Any = None) -> Any:
+  """Condensation metrics of every particle leaf of ``params``.
+
+  Args:
+    params: a tree of parameters.
+    particle_axes: a particle-axes spec (see :mod:`ko_optax.particles`);
+      None: the last axis of every leaf with ndim >= 2.
+
+  Returns:
+    A tree with the structure of ``params`` whose particle leaves map to a
+    :class:`Condensation` and whose other leaves map to None.
+
+  Example:
+    >>> import jax.numpy as jnp, ko_optax
+    >>> w = jnp.array([[1.0, 1.0], [0.0, 0.0]])   # two parallel neurons
+    >>> m = ko_optax.condensation({'w': w, 'b': jnp.zeros(2)})
+    >>> float(m['w'].mean_abs_cos), m['b']
+    (1.0, None)
+  """
+  leaves, treedef = jax.tree.flatten(params)
+  axes = particles_lib.resolve_particle_axes(particle_axes, params)
+  out = []
+  for leaf, a in zip(leaves, axes):
+    if a is None:
+      out.append(None)
+    else:
+      p = _matrix(leaf, a)
+      out.append(Condensation(mean_abs_cos(p), effective_rank(p)))
+  return treedef.unflatten(out)
+
+
+def kinetic_temperature(updates: Any, *, particle_axes: Any = None) -> Any:
+  """Kinetic temperature of the particles of each leaf of a velocity tree.
+
+  Args:
+    updates: gradients or updates (the particles' velocities).
+    particle_axes: a particle-axes spec; None: the Flax layout.
+
+  Returns:
+    A tree with a scalar per particle leaf and None elsewhere.
+  """
+  leaves, treedef = jax.tree.flatten(updates)
+  axes = particles_lib.resolve_particle_axes(particle_axes, updates)
+  return treedef.unflatten([
+      None if a is None else kinetic_temperature_of(_matrix(leaf, a))
+      for leaf, a in zip(leaves, axes)])

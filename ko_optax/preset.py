@@ -1,0 +1,149 @@
+"""``ko``: the Kinetics-inspired Optimizer as one optax chain.
+
+One KO step is one time step of a split Boltzmann-equation solver::
+
+    optax.chain(
+        stochastic_collision(...),      # similar neurons exchange momentum
+        thermal_diffusion(...),         # optional temperature-driven noise
+        kinetic_advection(base, ...),   # Adam / SGD turns force into velocity
+        add_decayed_weights(...),       # optional, decoupled as in AdamW
+        scale_by_learning_rate(lr),     # the time step of free streaming
+    )
+
+With the collision and the diffusion switched off it is exactly its base
+optimizer (``optax.adam``, ``optax.sgd`` or ``optax.adamw``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import optax
+
+from ko_optax import _checks
+from ko_optax import advection
+from ko_optax import collision as collision_lib
+from ko_optax import diffusion
+from ko_optax import particles as particles_lib
+
+COLLISIONS = ('soft', 'hard', None)
+
+
+def _is_python_zero(value: Any) -> bool:
+  # Only Python numbers: arrays may be tracers in inject_hyperparams' update
+  # while concrete in its init, and the chain must have the same structure in
+  # both.
+  return isinstance(value, (int, float)) and not isinstance(
+      value, bool) and value == 0
+
+
+def ko(
+    learning_rate: optax.ScalarOrSchedule,
+    *,
+    base: str | optax.GradientTransformation = 'adam',
+    collision: str | None = 'soft',
+    collision_rate: optax.ScalarOrSchedule = 0.1,
+    temperature: optax.ScalarOrSchedule = 0.0,
+    key: Any = 0,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    eps_root: float = 0.0,
+    mu_dtype: Any = None,
+    momentum: float | None = 0.9,
+    nesterov: bool = False,
+    weight_decay: optax.ScalarOrSchedule = 0.0,
+    weight_decay_mask: Any = None,
+    mask: particles_lib.MaskSpec = None,
+    particle_axes: particles_lib.ParticleAxesSpec = None,
+    threshold: float = 0.0,
+    include_self: bool = False,
+    length_scale: float = 20.0,
+    normalization: str | None = None,
+    cell_size: int | None = None,
+    cell_groups: int = 1,
+) -> optax.GradientTransformationExtraArgs:
+  """The Kinetics-inspired Optimizer (KO): collisions, diffusion, advection.
+
+  Every argument is explicit (no ``**kwargs``), so
+  ``optax.inject_hyperparams(ko_optax.ko)(...)`` can change
+  ``learning_rate``, ``collision_rate``, ``temperature`` and
+  ``weight_decay`` between steps under jit. Pass callables that are not
+  schedules (a ``mask`` or ``particle_axes`` function) through
+  ``inject_hyperparams``'s ``static_args``.
+
+  Args:
+    learning_rate: the time step (float or optax schedule).
+    base: the advection: ``'adam'``, ``'sgd'`` (with ``momentum``) or any
+      ``optax.GradientTransformation`` without learning rate.
+    collision: ``'soft'`` (mean-field, O(N^2 D) per leaf), ``'hard'``
+      (DSMC, O(N D) per leaf) or None (no collisions).
+    collision_rate: the collision coefficient gamma_c (float or schedule).
+    temperature: diffusion temperature T (float or schedule); 0 (the
+      default) leaves the diffusion step out.
+    key: int seed or typed ``jax.random.key``; the collision and the
+      diffusion draw from independent streams derived from it.
+    b1, b2, eps, eps_root, mu_dtype: Adam's arguments (``base='adam'``).
+    momentum: SGD momentum (``base='sgd'``); None for plain SGD.
+    nesterov: Nesterov momentum (both bases).
+    weight_decay: decoupled weight decay, as in ``optax.adamw``; 0 leaves it
+      out.
+    weight_decay_mask: ``optax.adamw``'s ``mask`` for the weight decay.
+    mask: which leaves KO's collisions and noise act on (tree of bools or
+      callable); the advection acts on all leaves.
+    particle_axes: which axes index the neurons of each leaf; see
+      :func:`ko_optax.stochastic_collision`.
+    threshold, include_self, length_scale, normalization, cell_size,
+      cell_groups: the collision's options; see
+      :func:`ko_optax.stochastic_collision`.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``; ``update`` needs params
+    whenever collisions are on.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax, ko_optax
+    >>> params = {'w': jax.random.normal(jax.random.key(0), (8, 16))}
+    >>> loss = lambda p: jnp.sum((jnp.ones(8) @ p['w'] - 1.0) ** 2)
+    >>> tx = ko_optax.ko(1e-2, collision_rate=0.1)
+    >>> state = tx.init(params)
+    >>> for _ in range(3):
+    ...   grads = jax.grad(loss)(params)
+    ...   updates, state = tx.update(grads, state, params)
+    ...   params = optax.apply_updates(params, updates)
+    >>> params['w'].shape
+    (8, 16)
+
+  References:
+    Feng, Huang, Fu, Wang, Yan, `KO: Kinetics-inspired Neural Optimizer with
+    PDE Simulation Approaches <https://arxiv.org/abs/2505.14777>`_, 2025.
+  """
+  _checks.check_choice('collision', collision, COLLISIONS)
+  _checks.check_non_negative('learning_rate', learning_rate)
+  _checks.check_non_negative('weight_decay', weight_decay)
+  steps = []
+  collide = collision is not None and not _is_python_zero(collision_rate)
+  diffuse = not _is_python_zero(temperature)
+  if collide or diffuse:
+    root = _checks.canonicalize_key(key)
+  if collide:
+    steps.append(collision_lib.stochastic_collision(
+        collision_rate, mode=collision, key=jax.random.fold_in(root, 0),
+        particle_axes=particle_axes, mask=mask, threshold=threshold,
+        include_self=include_self, length_scale=length_scale,
+        normalization=normalization, cell_size=cell_size,
+        cell_groups=cell_groups))
+  elif collision is not None:
+    _checks.check_choice('normalization', normalization,
+                         collision_lib.NORMALIZATIONS)
+  if diffuse:
+    steps.append(diffusion.thermal_diffusion(
+        temperature, key=jax.random.fold_in(root, 1), mask=mask))
+  steps.append(advection.kinetic_advection(
+      base, b1=b1, b2=b2, eps=eps, eps_root=eps_root, mu_dtype=mu_dtype,
+      momentum=momentum, nesterov=nesterov))
+  if not _is_python_zero(weight_decay):
+    steps.append(optax.add_decayed_weights(weight_decay, weight_decay_mask))
+  steps.append(optax.scale_by_learning_rate(learning_rate))
+  return optax.chain(*steps)
