@@ -49,14 +49,23 @@ def check_choice(name: str, value: Any, choices: Sequence[Any]) -> None:
     raise ValueError(f'{name} must be one of {options}; got {value!r}.')
 
 
-def check_positive_int_or_none(name: str, value: Any) -> None:
-  """Raises ValueError unless ``value`` is None or a positive Python int."""
+def check_positive_int_or_none(name: str, value: Any) -> int | None:
+  """Returns ``value`` as a Python int (or None); raises unless positive."""
   if value is None:
     return
+  if isinstance(value, jax.core.Tracer):
+    raise TypeError(
+        f'{name} fixes array shapes and must be a static Python int, got a '
+        f'traced value. With optax.inject_hyperparams, pass '
+        f"static_args=('{name}',).")
+  if isinstance(value, jax.Array) and value.shape == () and jnp.issubdtype(
+      value.dtype, jnp.integer):
+    value = int(value)
   if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
     raise TypeError(f'{name} must be a positive int or None, got {value!r}.')
   if value < 1:
     raise ValueError(f'{name} must be a positive int or None, got {value!r}.')
+  return int(value)
 
 
 def canonicalize_key(key: Any, name: str = 'key') -> jax.Array:

@@ -48,6 +48,7 @@ from typing import Any, NamedTuple
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from optax._src import numerics
 
@@ -262,9 +263,12 @@ def _collide_leaf(
         w_, g_, rate, k_, length_scale=length_scale)
   if cell_size is None or (cell_size >= n and cell_groups == 1):
     if mode == 'soft':
-      new = collide(wp, gp, key)
+      exact = lambda w_, g_: collide(w_, g_, key)
     else:
-      new = hard_collision(wp, gp, rate, key, length_scale=length_scale)
+      exact = lambda w_, g_: hard_collision(
+          w_, g_, rate, key, length_scale=length_scale)
+    # Explicitly sharded leaves are gathered for the all-pairs form.
+    new = cells_lib.unsharded(exact, wp, gp)
   else:
     new = cells_lib.collide_in_cells(
         wp, gp, key, collide, cell_size=cell_size, groups=cell_groups,
@@ -284,7 +288,7 @@ def stochastic_collision(
     length_scale: float = 20.0,
     normalization: str | None = None,
     cell_size: int | None = None,
-    cell_groups: int = 1,
+    cell_groups: int | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""KO's collision step: neurons that are alike exchange momentum.
 
@@ -325,6 +329,8 @@ def stochastic_collision(
     cell_groups: with cells, split the particles into this many contiguous
       blocks first (e.g. the number of shards of the particle axis) and form
       cells inside each block, so a sharded leaf needs no communication.
+      None means 1. ``cell_size`` and ``cell_groups`` fix array shapes: with
+      ``optax.inject_hyperparams`` name them in ``static_args``.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; its ``update`` requires
@@ -347,8 +353,9 @@ def stochastic_collision(
   _checks.check_choice('mode', mode, MODES)
   _checks.check_choice('normalization', normalization, NORMALIZATIONS)
   _checks.check_non_negative('collision_rate', collision_rate)
-  _checks.check_positive_int_or_none('cell_size', cell_size)
-  _checks.check_positive_int_or_none('cell_groups', cell_groups)
+  cell_size = _checks.check_positive_int_or_none('cell_size', cell_size)
+  cell_groups = _checks.check_positive_int_or_none('cell_groups',
+                                                   cell_groups) or 1
   if _checks.is_concrete(length_scale) and float(length_scale) <= 0:
     raise ValueError(f'length_scale must be > 0, got {length_scale!r}.')
   if not isinstance(include_self, bool):
@@ -369,14 +376,31 @@ def stochastic_collision(
     param_leaves = treedef.flatten_up_to(params)
     axes = particles_lib.resolve_particle_axes(particle_axes, updates, mask)
     leaf_keys = jax.random.split(step_key, max(len(leaves), 1))
-    new_leaves = [
-        g if a is None else _collide_leaf(
-            w, g, a, rate, k, mode=mode, threshold=threshold,
-            include_self=include_self, normalization=normalization,
-            length_scale=length_scale, cell_size=cell_size,
-            cell_groups=cell_groups)
-        for g, w, a, k in zip(leaves, param_leaves, axes, leaf_keys)
-    ]
+    active = [i for i, a in enumerate(axes) if a is not None]
+
+    def collide_all(rate):
+      return [
+          _collide_leaf(
+              param_leaves[i], leaves[i], axes[i], rate, leaf_keys[i],
+              mode=mode, threshold=threshold, include_self=include_self,
+              normalization=normalization, length_scale=length_scale,
+              cell_size=cell_size, cell_groups=cell_groups)
+          for i in active]
+
+    if _checks.is_concrete(rate):
+      if np.any(np.asarray(rate) != 0):
+        collided = collide_all(rate)
+      else:
+        collided = [leaves[i] for i in active]
+    else:
+      # A traced rate (a schedule, inject_hyperparams) may be 0: skip the
+      # work then, and return the gradients untouched, bit for bit.
+      collided = jax.lax.cond(
+          jnp.asarray(rate) > 0, collide_all,
+          lambda rate: [leaves[i] for i in active], rate)
+    new_leaves = list(leaves)
+    for i, new in zip(active, collided):
+      new_leaves[i] = new
     new_state = StochasticCollisionState(
         count=numerics.safe_increment(state.count), key=next_key)
     return jax.tree.unflatten(treedef, new_leaves), new_state

@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from optax._src import numerics
 
@@ -98,10 +99,22 @@ def thermal_diffusion(
     keep = [True] * len(leaves) if mask is None else treedef.flatten_up_to(
         mask(updates) if callable(mask) else mask)
     keys = jax.random.split(step_key, max(len(leaves), 1))
-    new_leaves = [
-        _leaf_noise(g, k, scale) if m else g
-        for g, k, m in zip(leaves, keys, keep)
-    ]
+    active = [i for i, m in enumerate(keep) if m]
+
+    def diffuse(scale):
+      return [_leaf_noise(leaves[i], keys[i], scale) for i in active]
+
+    if _checks.is_concrete(t):
+      noisy = (diffuse(scale) if np.any(np.asarray(t) != 0)
+               else [leaves[i] for i in active])
+    else:
+      # A traced temperature may be 0: then draw nothing and return the
+      # updates untouched, bit for bit.
+      noisy = jax.lax.cond(scale > 0, diffuse,
+                           lambda scale: [leaves[i] for i in active], scale)
+    new_leaves = list(leaves)
+    for i, new in zip(active, noisy):
+      new_leaves[i] = new
     new_state = ThermalDiffusionState(
         count=numerics.safe_increment(state.count), key=next_key)
     return jax.tree.unflatten(treedef, new_leaves), new_state

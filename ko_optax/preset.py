@@ -62,7 +62,7 @@ def ko(
     length_scale: float = 20.0,
     normalization: str | None = None,
     cell_size: int | None = None,
-    cell_groups: int = 1,
+    cell_groups: int | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   """The Kinetics-inspired Optimizer (KO): collisions, diffusion, advection.
 
