@@ -61,7 +61,7 @@ def test_soft_other_particle_axis_matches_reference():
   np.testing.assert_allclose(out, want, rtol=2e-5, atol=2e-6)
 
 
-@hypothesis.settings(max_examples=25, deadline=None)
+@hypothesis.settings(max_examples=15, deadline=None)
 @hypothesis.given(
     d=st.integers(1, 6), n=st.integers(1, 7),
     rate=st.floats(0.0, 2.0), seed=st.integers(0, 2**16),

@@ -301,3 +301,18 @@ def test_missing_params_message():
   state = tx.init(PARAMS)
   with pytest.raises(ValueError, match='needs the current params'):
     tx.update(PARAMS, state)
+
+
+@pytest.mark.parametrize('collision', ['soft', 'hard'])
+def test_vmap_over_an_ensemble_matches_a_loop(collision):
+  tx = ko_optax.ko(1e-2, collision=collision, collision_rate=0.5,
+                   temperature=1e-4)
+  params = jax.vmap(lambda k: {'w': jax.random.normal(k, (4, 6))})(
+      jax.random.split(jax.random.key(0), 3))
+  grads = jax.tree.map(jnp.cos, params)
+  states = jax.vmap(tx.init)(params)
+  batched, _ = jax.jit(jax.vmap(tx.update))(grads, states, params)
+  for i in range(3):
+    one = lambda t: jax.tree.map(lambda x: x[i], t)
+    single, _ = tx.update(one(grads), one(states), one(params))
+    chex.assert_trees_all_close(one(batched), single, rtol=1e-5, atol=1e-7)
