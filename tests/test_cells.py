@@ -1,0 +1,226 @@
+"""Collision cells: exactness at C >= N, no N x N arrays, locality, physics."""
+
+import functools
+
+import jax
+import jax.extend
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import ko_optax
+from ko_optax import cells
+from ko_optax import collision
+
+
+def _random(shape, seed):
+  return jnp.asarray(
+      np.random.default_rng(seed).normal(size=shape).astype(np.float32))
+
+
+def _soft(w, g, k, rate=0.3):
+  del k
+  return collision.soft_collision(w, g, rate)
+
+
+def _hard(w, g, k, rate=0.7):
+  return collision.hard_collision_pairs(w, g, rate, k, length_scale=20.0)
+
+
+_cells = jax.jit(cells.collide_in_cells,
+                 static_argnames=('collide', 'cell_size', 'groups', 'pairs'))
+
+
+def _update(tx, grads, params, steps=1):
+  """Runs ``steps`` jitted updates from a fresh state."""
+  state = tx.init(params)
+  update = jax.jit(tx.update)
+  outs = []
+  for _ in range(steps):
+    out, state = update(grads, state, params)
+    outs.append(out)
+  return outs, state
+
+
+def _all_avals(jaxpr):
+  """Every abstract value produced anywhere in a jaxpr, sub-jaxprs included."""
+  for eqn in jaxpr.eqns:
+    for var in eqn.outvars:
+      yield var.aval
+    for param in eqn.params.values():
+      subs = param if isinstance(param, (list, tuple)) else [param]
+      for sub in subs:
+        if isinstance(sub, jax.extend.core.ClosedJaxpr):
+          yield from _all_avals(sub.jaxpr)
+        elif isinstance(sub, jax.extend.core.Jaxpr):
+          yield from _all_avals(sub)
+
+
+def _largest_array(fn, *args):
+  jaxpr = jax.make_jaxpr(fn)(*args)
+  return max(int(np.prod(getattr(a, 'shape', ()))) for a in
+             _all_avals(jaxpr.jaxpr))
+
+
+# -- C >= N is the all-pairs collision ---------------------------------------
+
+
+@pytest.mark.parametrize('mode', ['soft', 'hard'])
+def test_cell_size_at_least_n_is_all_pairs_exactly(mode, cell_size=12):
+  params = {'w': _random((5, 12), 0), 'b': _random((12,), 1)}
+  grads = {'w': _random((5, 12), 2), 'b': _random((12,), 3)}
+  exact = ko_optax.stochastic_collision(0.4, mode=mode, key=3)
+  cells_tx = ko_optax.stochastic_collision(
+      0.4, mode=mode, key=3, cell_size=cell_size)
+  (_, want), s_exact = _update(exact, grads, params, 2)
+  (_, got), s_cells = _update(cells_tx, grads, params, 2)
+  np.testing.assert_array_equal(got['w'], want['w'])
+  np.testing.assert_array_equal(got['b'], grads['b'])
+  np.testing.assert_array_equal(jax.random.key_data(s_cells.key),
+                                jax.random.key_data(s_exact.key))
+
+
+@pytest.mark.parametrize('collision_mode', ['soft', 'hard'])
+def test_ko_cell_size_at_least_n_is_all_pairs_exactly(collision_mode):
+  params = {'w': _random((6, 10), 4)}
+  grads = {'w': _random((6, 10), 5)}
+  outs = []
+  for cell_size in (None, 64):
+    tx = ko_optax.ko(1e-2, collision=collision_mode, collision_rate=0.5,
+                     temperature=1e-4, cell_size=cell_size)
+    (_, updates), _ = _update(tx, grads, params, 2)
+    outs.append(updates['w'])
+  np.testing.assert_array_equal(outs[1], outs[0])
+
+
+def test_one_cell_per_block_is_blockwise_all_pairs():
+  # Cells do not depend on the order inside a cell: with C = block size the
+  # cells path is the exact soft collision of each block.
+  w, g = _random((7, 24), 6), _random((7, 24), 7)
+  got = _cells(w, g, jax.random.key(0), _soft, cell_size=8,
+                               groups=3)
+  want = jnp.concatenate(
+      [_soft(w[:, i:i + 8], g[:, i:i + 8], None) for i in (0, 8, 16)], axis=1)
+  np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+  whole = _cells(w, g, jax.random.key(1), _soft,
+                                 cell_size=24)
+  np.testing.assert_allclose(whole, _soft(w, g, None), rtol=1e-6, atol=1e-6)
+
+
+# -- cost: no N x N array ----------------------------------------------------
+
+
+@pytest.mark.parametrize('mode', ['soft', 'hard'])
+def test_no_n_by_n_array_with_cells(mode):
+  n, c, d = 512, 16, 4
+  params = {'w': _random((d, n), 8)}
+  grads = {'w': _random((d, n), 9)}
+
+  def largest(cell_size):
+    tx = ko_optax.ko(1e-3, collision=mode, cell_size=cell_size)
+    state = tx.init(params)
+    return _largest_array(
+        lambda g, s, p: tx.update(g, s, p), grads, state, params)
+
+  assert largest(c) < n * n // 4, 'an N x N array was formed with cells on'
+  if mode == 'soft':
+    # The check sees the all-pairs kernel when cells are off.
+    assert largest(None) >= n * n
+
+
+# -- randomness: cells are re-drawn every step -------------------------------
+
+
+def test_cells_change_from_step_to_step():
+  params = {'w': _random((8, 64), 10)}
+  grads = {'w': _random((8, 64), 11)}
+  tx = ko_optax.stochastic_collision(0.5, cell_size=8, key=0)
+  (first, second), _ = _update(tx, grads, params, 2)
+  assert not np.allclose(first['w'], second['w'])
+  order_fn = jax.jit(cells.hash_order, static_argnums=2)
+  orders = [order_fn(params['w'][None], jax.random.key(k), 3)[0]
+            for k in range(3)]
+  for order in orders:
+    np.testing.assert_array_equal(np.sort(order), np.arange(64))
+  assert not np.array_equal(orders[0], orders[1])
+  assert not np.array_equal(orders[1], orders[2])
+
+
+def test_gray_rank_neighbours_differ_in_one_bit():
+  bits = 4
+  patterns = (np.arange(16)[:, None] >> np.arange(bits)) & 1
+  ranks = np.asarray(cells.gray_rank(jnp.asarray(patterns, bool)))
+  np.testing.assert_array_equal(np.sort(ranks), np.arange(16))
+  by_rank = patterns[np.argsort(ranks)]
+  np.testing.assert_array_equal(
+      np.abs(np.diff(by_rank, axis=0)).sum(axis=1), np.ones(15))
+
+
+def test_hash_groups_similar_directions():
+  # Four tight clusters of directions: the hash should mostly put a cluster
+  # into one cell (a random split gives purity about 0.4 here).
+  rng = np.random.default_rng(0)
+  centres = rng.normal(size=(4, 32))
+  labels = np.repeat(np.arange(4), 16)
+  w = centres[labels] + 0.05 * rng.normal(size=(64, 32))
+  w = jnp.asarray(w.T[None], jnp.float32)
+  purity = []
+  order_fn = jax.jit(cells.hash_order, static_argnums=2)
+  for k in range(10):
+    order = np.asarray(order_fn(w, jax.random.key(k), 2)[0])
+    cell_labels = labels[order].reshape(4, 16)
+    purity.append(np.mean([np.bincount(c).max() / 16 for c in cell_labels]))
+  assert np.mean(purity) > 0.7
+
+
+# -- hard collisions in cells ------------------------------------------------
+
+
+def test_hard_in_cells_conserves_momentum_and_energy_per_pair():
+  n, groups, c = 33, 3, 4
+  w, g = _random((6, n), 12), _random((6, n), 13)
+  key = jax.random.key(5)
+  new = _cells(w, g, key, functools.partial(_hard, rate=1.0),
+                               cell_size=c, groups=groups, pairs=True)
+  assert not np.allclose(new, g)
+  hash_key, _ = jax.random.split(key)
+  block = n // groups
+  wb = w.reshape(6, groups, block).transpose(1, 0, 2)
+  order = np.asarray(jax.jit(cells.hash_order, static_argnums=2)(
+      wb, hash_key, cells.num_hyperplanes(block, c)))
+  g, new = np.asarray(g, np.float64), np.asarray(new, np.float64)
+  changed = 0
+  for b in range(groups):
+    for k in range(block // 2):
+      i, j = b * block + order[b, 2 * k], b * block + order[b, 2 * k + 1]
+      np.testing.assert_allclose(new[:, i] + new[:, j], g[:, i] + g[:, j],
+                                 rtol=1e-5, atol=1e-5)
+      np.testing.assert_allclose(
+          np.sum(new[:, [i, j]] ** 2), np.sum(g[:, [i, j]] ** 2), rtol=1e-5)
+      changed += not np.allclose(new[:, i], g[:, i])
+  assert changed > 0
+  # Odd blocks: the particle left over keeps its velocity.
+  for b in range(groups):
+    last = b * block + order[b, -1]
+    np.testing.assert_array_equal(new[:, last], g[:, last])
+
+
+def test_cells_keep_dtype_and_shape_of_non_default_layouts():
+  params = {'k': _random((3, 3, 4, 20), 14).astype(jnp.bfloat16)}
+  grads = {'k': _random((3, 3, 4, 20), 15).astype(jnp.bfloat16)}
+  tx = ko_optax.stochastic_collision(0.2, cell_size=4, cell_groups=2)
+  (out,), _ = _update(tx, grads, params)
+  assert out['k'].dtype == jnp.bfloat16 and out['k'].shape == (3, 3, 4, 20)
+  tx = ko_optax.stochastic_collision(0.2, cell_size=4, particle_axes=0)
+  (out,), _ = _update(tx, grads, params)
+  assert out['k'].shape == (3, 3, 4, 20)
+
+
+# -- errors ------------------------------------------------------------------
+
+
+def test_cell_groups_must_divide_n():
+  params = {'w': _random((4, 10), 16)}
+  tx = ko_optax.stochastic_collision(0.1, cell_size=2, cell_groups=3)
+  with pytest.raises(ValueError, match='cell_groups=3 must divide'):
+    tx.update(params, tx.init(params), params)
