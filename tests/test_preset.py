@@ -13,12 +13,11 @@ import ko_optax
 
 
 def _params():
-  k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
+  k1, k2 = jax.random.split(jax.random.key(0))
   return {
       'dense': {'kernel': jax.random.normal(k1, (5, 8)),
                 'bias': jnp.zeros(8)},
       'conv': {'kernel': jax.random.normal(k2, (3, 3, 2, 4))},
-      'head': jax.random.normal(k3, (8, 3)),
   }
 
 
@@ -102,7 +101,8 @@ def test_ko_changes_updates_and_stays_finite(collision):
   ko, _ = _run(ko_optax.ko(1e-2, collision=collision, collision_rate=1.0,
                            temperature=1e-6))
   adam, _ = _run(optax.adam(1e-2))
-  assert not np.allclose(ko[-1]['head'], adam[-1]['head'])
+  assert not np.allclose(ko[-1]['dense']['kernel'],
+                         adam[-1]['dense']['kernel'])
   # Biases do not collide, but they still get the diffusion noise.
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(ko))
 
@@ -111,18 +111,25 @@ def test_ko_changes_updates_and_stays_finite(collision):
 def test_jit_and_eager_agree(collision):
   tx = ko_optax.ko(1e-2, collision=collision, collision_rate=0.5,
                    temperature=1e-4, key=3)
-  jitted, _ = _run(tx, steps=2, jit=True)
-  eager, _ = _run(tx, steps=2, jit=False)
+  small = {'w': PARAMS['dense']['kernel'], 'b': PARAMS['dense']['bias']}
+  jitted, _ = _run(tx, steps=2, jit=True, params=small)
+  eager, _ = _run(tx, steps=2, jit=False, params=small)
   chex.assert_trees_all_close(jitted, eager, rtol=1e-5, atol=1e-7)
 
 
 def test_fixed_seed_is_deterministic_and_seeds_differ():
-  run = lambda key: _run(ko_optax.ko(1e-2, collision='hard',
-                                     collision_rate=1.0, temperature=1e-3,
-                                     key=key), steps=2)[0]
-  _assert_bitwise(run(5), run(5))
-  _assert_bitwise(run(5), run(jax.random.key(5)))
-  assert not np.allclose(run(5)[-1]['head'], run(6)[-1]['head'])
+  make = lambda key: ko_optax.ko(1e-2, collision='hard', collision_rate=1.0,
+                                 temperature=1e-3, key=key)
+  tx = make(5)
+  update = jax.jit(tx.update)     # the key enters through the state only
+  grads = jax.grad(_loss)(PARAMS, 0)
+  run = lambda state: update(grads, state, PARAMS)[0]
+  _assert_bitwise(run(tx.init(PARAMS)), run(tx.init(PARAMS)))
+  _assert_bitwise(run(tx.init(PARAMS)), run(make(jax.random.key(5)).init(
+      PARAMS)))
+  other = run(make(6).init(PARAMS))
+  assert not np.allclose(run(tx.init(PARAMS))['dense']['kernel'],
+                         other['dense']['kernel'])
 
 
 def test_jitted_step_traces_once():
@@ -168,19 +175,21 @@ def test_converges_on_a_regression_problem():
 
 def test_inject_hyperparams_changes_rates_under_jit():
   tx = optax.inject_hyperparams(ko_optax.ko)(
-      learning_rate=1e-2, collision_rate=0.0, temperature=0.0)
+      learning_rate=1e-2, base='sgd', momentum=0.9, collision_rate=0.0,
+      temperature=0.0)
   state = tx.init(PARAMS)
   update = jax.jit(tx.update)
   grads = jax.grad(_loss)(PARAMS, 0)
   off, _ = update(grads, state, PARAMS)
-  # inject_hyperparams stores b1, b2, eps as float32 arrays, which rounds
-  # differently from Python floats: compare with Adam under it too.
-  adam_tx = optax.inject_hyperparams(optax.adam)(learning_rate=1e-2)
-  adam, _ = jax.jit(adam_tx.update)(grads, adam_tx.init(PARAMS), PARAMS)
-  _assert_bitwise(off, adam)
+  # inject_hyperparams stores numbers as float32 arrays, which rounds
+  # differently from Python floats: compare with SGD under it too.
+  sgd_tx = optax.inject_hyperparams(optax.sgd)(learning_rate=1e-2,
+                                                momentum=0.9)
+  sgd, _ = jax.jit(sgd_tx.update)(grads, sgd_tx.init(PARAMS), PARAMS)
+  _assert_bitwise(off, sgd)
   state.hyperparams['collision_rate'] = jnp.asarray(1.0, jnp.float32)
   on, state = update(grads, state, PARAMS)
-  assert not np.allclose(on['head'], off['head'])
+  assert not np.allclose(on['conv']['kernel'], off['conv']['kernel'])
   assert update._cache_size() == 1
   state.hyperparams['learning_rate'] = jnp.asarray(0.0, jnp.float32)
   zero, _ = update(grads, state, PARAMS)
@@ -192,7 +201,7 @@ def test_inject_hyperparams_with_schedule_and_static_callables():
       ko_optax.ko, static_args=('mask',))(
           learning_rate=optax.linear_schedule(1e-2, 0.0, 3),
           collision_rate=lambda count: 0.1 * count,
-          mask=lambda p: jax.tree.map(lambda x: x.shape != (8, 3), p))
+          mask=lambda p: jax.tree.map(lambda x: x.ndim == 4, p))
   _, state = _run(tx, steps=3)
   np.testing.assert_allclose(state.hyperparams['collision_rate'], 0.2,
                              rtol=1e-6)
@@ -223,21 +232,22 @@ def test_state_is_stable_through_lax_cond():
 
 
 def test_chain_masked_and_multi_transform():
-  labels = {'dense': {'kernel': 'ko', 'bias': 'adam'},
-            'conv': {'kernel': 'ko'}, 'head': 'adam'}
+  labels = {'dense': {'kernel': 'adam', 'bias': 'adam'},
+            'conv': {'kernel': 'ko'}}
   tx = optax.multi_transform(
       {'ko': ko_optax.ko(1e-2, collision_rate=0.5), 'adam': optax.adam(1e-2)},
       labels)
   ko_out, _ = _run(tx, steps=2)
   adam_out, _ = _run(optax.adam(1e-2), steps=2)
-  np.testing.assert_array_equal(ko_out[-1]['head'], adam_out[-1]['head'])
+  np.testing.assert_array_equal(ko_out[-1]['dense']['kernel'],
+                                adam_out[-1]['dense']['kernel'])
   assert not np.allclose(ko_out[-1]['conv']['kernel'],
                          adam_out[-1]['conv']['kernel'])
 
   masked = optax.chain(
       optax.masked(ko_optax.stochastic_collision(0.5),
                    {'dense': {'kernel': True, 'bias': False},
-                    'conv': {'kernel': False}, 'head': True}),
+                    'conv': {'kernel': False}}),
       optax.clip_by_global_norm(1.0),
       optax.adam(1e-2))
   out, _ = _run(masked, steps=2)
@@ -312,7 +322,8 @@ def test_vmap_over_an_ensemble_matches_a_loop(collision):
   grads = jax.tree.map(jnp.cos, params)
   states = jax.vmap(tx.init)(params)
   batched, _ = jax.jit(jax.vmap(tx.update))(grads, states, params)
+  update = jax.jit(tx.update)
   for i in range(3):
     one = lambda t: jax.tree.map(lambda x: x[i], t)
-    single, _ = tx.update(one(grads), one(states), one(params))
+    single, _ = update(one(grads), one(states), one(params))
     chex.assert_trees_all_close(one(batched), single, rtol=1e-5, atol=1e-7)
