@@ -1,0 +1,82 @@
+"""Small timing helpers shared by the cost benchmarks.
+
+Timings on a shared machine are noisy: every number is the median over
+``repeats`` calls after ``warmup`` calls (the first of which compiles).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from typing import Any, Callable
+
+import jax
+
+
+def block(x: Any) -> Any:
+  return jax.tree.map(lambda a: a.block_until_ready()
+                      if hasattr(a, 'block_until_ready') else a, x)
+
+
+def median_time(fn: Callable[..., Any], *args: Any, repeats: int = 20,
+                warmup: int = 3) -> float:
+  """Median wall time of ``fn(*args)`` in seconds (outputs blocked on)."""
+  for _ in range(warmup):
+    block(fn(*args))
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    block(fn(*args))
+    times.append(time.perf_counter() - t0)
+  return statistics.median(times)
+
+
+def interleaved_medians(fns: dict[str, Callable[[], Any]], repeats: int = 20,
+                        warmup: int = 3) -> dict[str, float]:
+  """Medians of several thunks timed round-robin, so that load from other
+  processes hits all of them alike (ratios are then fairer than with
+  back-to-back blocks)."""
+  for fn in fns.values():
+    for _ in range(warmup):
+      block(fn())
+  times = {k: [] for k in fns}
+  for _ in range(repeats):
+    for k, fn in fns.items():
+      t0 = time.perf_counter()
+      block(fn())
+      times[k].append(time.perf_counter() - t0)
+  return {k: statistics.median(v) for k, v in times.items()}
+
+
+def machine() -> dict[str, Any]:
+  """Describes the machine the numbers come from."""
+  dev = jax.devices()[0]
+  return {
+      'platform': dev.platform,
+      'device': getattr(dev, 'device_kind', str(dev)),
+      'num_devices': jax.device_count(),
+      'cpu_count': os.cpu_count(),
+      'python': platform.python_version(),
+      'jax': jax.__version__,
+      'host': platform.node(),
+  }
+
+
+def peak_memory_bytes() -> int | None:
+  """Peak device memory in bytes where the backend reports it (GPU)."""
+  try:
+    stats = jax.devices()[0].memory_stats()
+  except Exception:  # pylint: disable=broad-except
+    return None
+  if not stats:
+    return None
+  return stats.get('peak_bytes_in_use')
+
+
+def write_json(path: str, obj: Any) -> None:
+  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+  with open(path, 'w') as f:
+    json.dump(obj, f, indent=1, default=str)
