@@ -46,9 +46,14 @@ def _orbax():
   return ocp
 
 
-def new_state(model, x, collision: str, seed: int = 0):
-  tx = ko_optax.ko(1e-2, collision=collision, collision_rate=0.1,
-                   temperature=1e-6, key=seed)
+def make_tx(collision: str, seed: int = 0):
+  return ko_optax.ko(1e-2, collision=collision, collision_rate=0.1,
+                     temperature=1e-6, key=seed)
+
+
+def new_state(model, x, tx, seed: int = 0):
+  # The same tx object for every state: TrainState keeps tx as a static
+  # field, so a new tx would make jax.jit compile train_step again.
   params = model.init(jax.random.key(seed), x)
   return train_state.TrainState.create(apply_fn=model.apply, params=params,
                                        tx=tx)
@@ -113,14 +118,19 @@ def main(argv=None) -> dict:
   stream = data.batches(ds.x_train, ds.y_train, 100, seed=0)
   batches = [tuple(map(jnp.asarray, next(stream))) for _ in range(2 * k)]
 
-  straight = run(new_state(model, x0, args.collision), batches)
+  tx = make_tx(args.collision)
+  straight = run(new_state(model, x0, tx), batches)
 
-  first = run(new_state(model, x0, args.collision), batches[:k])
+  first = run(new_state(model, x0, tx), batches[:k])
   with tempfile.TemporaryDirectory() as tmp:
     path = save(first, args.dir or tmp)
     print(f'saved step {int(first.step)} to {path}')
     # A fresh state (as a new process would build it), then the checkpoint.
-    restored = restore(path, new_state(model, x0, args.collision, seed=123))
+    # (Its key differs from the saved one: the restore must bring it back.)
+    fresh = new_state(model, x0, tx, seed=123)
+    fresh = fresh.replace(opt_state=make_tx(args.collision, 123).init(
+        fresh.params))
+    restored = restore(path, fresh)
   same_at_save = trees_equal(restored.opt_state, first.opt_state)
   resumed = run(restored, batches[k:])
   same = (trees_equal(resumed.params, straight.params)

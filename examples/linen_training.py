@@ -100,10 +100,12 @@ def main(argv=None) -> dict:
   state = create_state(
       model, jnp.asarray(ds.x_train[:1]),
       lambda params: make_tx(params, args.mode, args.lr, args.collision_rate))
-  chosen = [jax.tree_util.keystr(path) for path, c in
+  chosen = [jax.tree_util.keystr(path, simple=True, separator='/')
+            for path, c in
             jax.tree_util.tree_flatten_with_path(ko_layers(state.params))[0]
             if c]
-  print(f'mode {args.mode}: KO collisions on {chosen}; Adam on the rest')
+  print(f'mode {args.mode}: KO collisions on {", ".join(chosen)}; Adam on '
+        'every leaf')
   batches = data.batches(ds.x_train, ds.y_train, args.batch_size, seed=0)
   losses = []
   for step in range(steps):

@@ -272,3 +272,29 @@ class SmallTransformer(nn.Module):
     m = pad_mask[..., None].astype(x.dtype)
     x = jnp.sum(x * m, axis=1) / jnp.maximum(jnp.sum(m, axis=1), 1.0)
     return nn.Dense(self.num_classes, name='head', **_kw(self.kernel_init))(x)
+
+
+class SmallCNN(nn.Module):
+  """A small image CNN (e.g. CIFAR-10): conv stages with pooling, a head.
+
+  Each stage is two 3x3 convolutions with ReLU, then 2x2 average pooling;
+  global average pooling before the Dense head.
+
+  Attributes:
+    channels: channels of each stage.
+    num_classes: outputs.
+    kernel_init: optional kernel initializer.
+  """
+  channels: Sequence[int] = (32, 64, 128)
+  num_classes: int = 10
+  kernel_init: Init = None
+
+  @nn.compact
+  def __call__(self, x):
+    for i, c in enumerate(self.channels):
+      for j in range(2):
+        x = nn.relu(nn.Conv(c, (3, 3), name=f'conv_{i}_{j}',
+                            **_kw(self.kernel_init))(x))
+      x = nn.avg_pool(x, (2, 2), strides=(2, 2))
+    x = jnp.mean(x, axis=(1, 2))
+    return nn.Dense(self.num_classes, name='head', **_kw(self.kernel_init))(x)

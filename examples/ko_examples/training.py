@@ -231,3 +231,69 @@ def train(model, tx: optax.GradientTransformation, dataset, *,
              params=params,
              seconds_per_step=float(np.median(times)) / eval_every,
              compile_seconds=compile_seconds)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _apply(model, params, x):
+  return model.apply(params, x)
+
+
+def accuracy(model, params, x, y, *, batch_size: int = 500) -> float:
+  """Accuracy of ``model`` on ``(x, y)``, evaluated in batches.
+
+  The last partial batch is padded, so one compilation serves every split.
+  """
+  correct = 0
+  batch_size = min(batch_size, len(y))
+  for start in range(0, len(y), batch_size):
+    xb = np.asarray(x[start:start + batch_size])
+    pad = batch_size - len(xb)
+    if pad:
+      xb = np.concatenate([xb, np.repeat(xb[:1], pad, axis=0)])
+    logits = _apply(model, params, jnp.asarray(xb))[:batch_size - pad]
+    correct += int(jnp.sum(jnp.argmax(logits, -1) == jnp.asarray(
+        y[start:start + batch_size])))
+  return correct / max(len(y), 1)
+
+
+def fit(model, tx: optax.GradientTransformation, dataset, *, steps: int,
+        batch_size: int = 64, seed: int = 0, log_every: int = 0,
+        log: Callable[[str], Any] = print):
+  """A plain single-seed training loop (for data on disk, any size).
+
+  Args:
+    model: a ``flax.linen`` module without mutable state.
+    tx: the optimizer.
+    dataset: a :class:`ko_examples.data.Dataset`.
+    steps: optimizer steps.
+    batch_size: examples per step.
+    seed: initialisation and data-order seed.
+    log_every: print the loss every this many steps (0: never).
+    log: the printing function.
+
+  Returns:
+    ``(params, losses)``: the final params and the per-step training losses.
+  """
+  from ko_examples import data as data_lib  # pylint: disable=g-import-not-at-top
+  params = jax.jit(model.init)(jax.random.key(seed),
+                               jnp.asarray(dataset.x_train[:1]))
+  opt_state = tx.init(params)
+
+  @jax.jit
+  def step(p, s, x, y):
+    loss, grads = jax.value_and_grad(
+        lambda q: cross_entropy(model.apply(q, x), y))(p)
+    updates, s = tx.update(grads, s, p)
+    return optax.apply_updates(p, updates), s, loss
+
+  stream = data_lib.batches(dataset.x_train, dataset.y_train, batch_size,
+                            seed=seed)
+  losses = []
+  for i in range(steps):
+    x, y = next(stream)
+    params, opt_state, loss = step(params, opt_state, jnp.asarray(x),
+                                   jnp.asarray(y))
+    losses.append(float(loss))
+    if log_every and (i % log_every == 0 or i == steps - 1):
+      log(f'step {i:5d}  loss {losses[-1]:.4f}')
+  return params, losses

@@ -1,0 +1,121 @@
+"""The examples' quick modes run and print / write what they promise.
+
+Each example exposes ``main(argv)``; the tests call it in-process (the
+conftest gives JAX 8 CPU devices and puts examples/ on sys.path).
+"""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+import checkpointing
+import cifar10
+import compare
+import data_parallel
+import linen_training
+import nnx_training
+import text_classification
+from test_data import _write_cifar
+from test_data import _write_text
+
+pytestmark = pytest.mark.slow
+
+
+def test_compare_quick(tmp_path, capsys):
+  out = tmp_path / 'run'
+  results = compare.main(['--quick', '--steps', '20', '--eval-every', '10',
+                          '--optimizers', 'ko_soft,adam,sgd',
+                          '--out', str(out)])
+  printed = capsys.readouterr().out
+  for label in ('KO-soft (Adam)', 'Adam', 'SGD (momentum 0.9)'):
+    assert label in printed
+  assert 'test acc (2 seeds)' in printed and '+-' in printed
+  for name in ('curves.png', 'condensation.png', 'cosine.png',
+               'results.json'):
+    assert (out / name).stat().st_size > 1000, name
+    assert f'wrote {out / name}' in printed
+  with open(out / 'results.json') as f:
+    saved = json.load(f)
+  assert saved['steps'] == [0, 10, 20]
+  for name in ('ko_soft', 'adam', 'sgd'):
+    row = saved['results'][name]
+    assert 0.0 <= row['test_acc_mean'] <= 1.0 and row['ms_per_step'] > 0
+    assert set(row['mean_abs_cos']) == {'params/hidden_0/kernel',
+                                        'params/hidden_1/kernel'}
+    curve = np.asarray(saved['history'][name]['test_acc'])
+    assert curve.shape == (3, 2)  # evaluations x seeds
+    assert curve[-1].mean() > curve[0].mean()  # it learns
+  assert results['results'].keys() == saved['results'].keys()
+
+
+def test_compare_rejects_unknown_optimizer(tmp_path):
+  with pytest.raises(SystemExit, match='unknown optimizer'):
+    compare.main(['--optimizers', 'lion', '--out', str(tmp_path)])
+
+
+def test_nnx_quick(capsys):
+  out = nnx_training.main(['--quick'])
+  printed = capsys.readouterr().out
+  assert 'collision_rate -> 0' in printed and 'test accuracy' in printed
+  rates = out['log']['collision_rate']
+  assert rates[0] == pytest.approx(0.1) and rates[-1] == 0.0
+  assert rates.index(0.0) == 50
+  lrs = out['log']['learning_rate']
+  assert lrs[0] == 0.0 and max(lrs) == pytest.approx(1e-2, rel=0.05)
+  assert out['log']['loss'][-1] < out['log']['loss'][0]
+  assert out['test_acc'] > 0.2
+
+
+def test_linen_multi_transform_equals_mask(capsys):
+  a = linen_training.main(['--quick', '--mode', 'multi_transform'])
+  b = linen_training.main(['--quick', '--mode', 'mask'])
+  printed = capsys.readouterr().out
+  assert ('KO collisions on params/hidden_0/kernel, params/hidden_1/kernel;'
+          in printed)
+  assert a['chosen'] == b['chosen'] and len(a['chosen']) == 2
+  # Adam is elementwise, so KO on the hidden kernels + Adam elsewhere is the
+  # same optimizer whichever way it is written.
+  np.testing.assert_allclose(a['losses'], b['losses'], rtol=1e-5)
+  assert a['losses'][-1] < a['losses'][0]
+
+
+def test_checkpoint_resume_is_identical(tmp_path, capsys):
+  out = checkpointing.main(['--quick', '--dir', str(tmp_path)])
+  printed = capsys.readouterr().out
+  assert out['same'] and out['same_at_save'] and out['step'] == 20
+  assert os.path.isdir(out['path'])
+  assert 'resumed run equals uninterrupted run after 20 steps: True' in printed
+
+
+def test_data_parallel_quick(capsys):
+  out = data_parallel.main(['--quick', '--devices', '4'])
+  printed = capsys.readouterr().out
+  assert out['devices'] == 4 and out['max_diff'] < 1e-5
+  assert "sharded as P('data',), 4 shards of 32" in printed
+  assert np.isfinite(out['loss'])
+
+
+def test_cifar10_quick_and_missing(tmp_path, capsys):
+  with pytest.raises(SystemExit, match='data_batch_1'):
+    cifar10.main(['--data', str(tmp_path / 'nowhere'), '--quick'])
+  _write_cifar(tmp_path / 'cifar-10-batches-py', n_per_batch=20)
+  out = cifar10.main(['--data', str(tmp_path), '--quick', '--batch-size',
+                      '8', '--optimizers', 'ko_soft'])
+  printed = capsys.readouterr().out
+  assert '90 train, 10 val, 5 test' in printed
+  assert set(out) == {'ko_soft'} and np.isfinite(out['ko_soft']['final_loss'])
+
+
+def test_text_quick_and_missing(tmp_path, capsys):
+  with pytest.raises(SystemExit, match='aclImdb'):
+    text_classification.main(['--data', str(tmp_path / 'aclImdb'),
+                              '--quick'])
+  _write_text(tmp_path)
+  for model, opt in (('bag', 'adam'), ('transformer', 'ko_soft')):
+    out = text_classification.main(['--data', str(tmp_path), '--quick',
+                                    '--model', model, '--batch-size', '4',
+                                    '--optimizers', opt])
+    assert set(out) == {opt} and np.isfinite(out[opt]['final_loss'])
+  assert '2 classes, 7 train, 1 val, 2 test' in capsys.readouterr().out
