@@ -16,6 +16,7 @@ from ko_optax.collision import stochastic_collision
 from ko_optax.collision import StochasticCollisionState
 from ko_optax.diagnostics import Condensation
 from ko_optax.diagnostics import condensation
+from ko_optax.diagnostics import condensation_metrics
 from ko_optax.diagnostics import cosine_matrix
 from ko_optax.diagnostics import kinetic_temperature
 from ko_optax.diffusion import thermal_diffusion
@@ -31,6 +32,7 @@ __all__ = (
     'ThermalDiffusionState',
     'collide_in_cells',
     'condensation',
+    'condensation_metrics',
     'cosine_matrix',
     'hard_collision',
     'kinetic_advection',

@@ -133,3 +133,36 @@ def kinetic_temperature(updates: Any, *, particle_axes: Any = None) -> Any:
   return treedef.unflatten([
       None if a is None else kinetic_temperature_of(_matrix(leaf, a))
       for leaf, a in zip(leaves, axes)])
+
+
+def condensation_metrics(params: Any, *, particle_axes: Any = None,
+                         separator: str = '/') -> dict[str, jax.Array]:
+  """Flat condensation metrics, ready to log from inside a jitted step.
+
+  Args:
+    params: a tree of parameters.
+    particle_axes: a particle-axes spec; None: the Flax layout.
+    separator: joins the keys of a leaf's path.
+
+  Returns:
+    A dict ``{'<path>/mean_abs_cos': scalar, '<path>/effective_rank':
+    scalar}`` with an entry pair per particle leaf (paths as
+    ``jax.tree_util.keystr(path, simple=True, separator=separator)``).
+
+  Example:
+    >>> import jax, jax.numpy as jnp, ko_optax
+    >>> params = {'dense': {'kernel': jnp.eye(3), 'bias': jnp.zeros(3)}}
+    >>> m = jax.jit(ko_optax.condensation_metrics)(params)
+    >>> sorted(m)
+    ['dense/kernel/effective_rank', 'dense/kernel/mean_abs_cos']
+  """
+  flat = jax.tree_util.tree_flatten_with_path(
+      condensation(params, particle_axes=particle_axes),
+      is_leaf=lambda x: isinstance(x, Condensation) or x is None)[0]
+  out = {}
+  for path, m in flat:
+    if isinstance(m, Condensation):
+      name = jax.tree_util.keystr(path, simple=True, separator=separator)
+      out[f'{name}{separator}mean_abs_cos'] = m.mean_abs_cos
+      out[f'{name}{separator}effective_rank'] = m.effective_rank
+  return out

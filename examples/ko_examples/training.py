@@ -83,12 +83,7 @@ def condensation_metrics(params: Any) -> dict[str, jax.Array]:
     ``{'<path>/mean_abs_cos': scalar, '<path>/effective_rank': scalar}`` for
     every hidden kernel (see :func:`ko_optax.condensation`).
   """
-  out = {}
-  for name, leaf in hidden_leaves(params).items():
-    m = ko_optax.condensation({'w': leaf})['w']
-    out[f'{name}/mean_abs_cos'] = m.mean_abs_cos
-    out[f'{name}/effective_rank'] = m.effective_rank
-  return out
+  return ko_optax.condensation_metrics(hidden_leaves(params))
 
 
 @dataclasses.dataclass
