@@ -43,6 +43,7 @@ References:
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import chex
@@ -215,6 +216,62 @@ def hard_collision_pairs(
   return jnp.stack([g_i, g_j], axis=-1).reshape(g.shape)
 
 
+def collision_capacity(rate: Any, pairs: int) -> int:
+  """A static bound on how many of ``pairs`` pairs collide in one step.
+
+  Each pair collides with probability at most ``min(1, rate)``, so the count
+  is at most binomial; the bound is its mean plus four standard deviations
+  plus 4. Without a concrete rate (a schedule, ``inject_hyperparams``) there
+  is no bound: ``pairs``. Used to draw scattering directions only for the
+  pairs that collide; when more collide than the bound (rare), all pairs are
+  drawn for, so the bound never changes the result's distribution.
+  """
+  if not _checks.is_concrete(rate):
+    return pairs
+  r = float(np.clip(np.max(np.asarray(rate, np.float64)), 0.0, 1.0))
+  bound = pairs * r + 4.0 * math.sqrt(pairs * r * (1.0 - r)) + 4.0
+  return int(min(pairs, math.ceil(bound)))
+
+
+def _scatter_rows(
+    g_i: jax.Array, g_j: jax.Array, speed: jax.Array, collide: jax.Array,
+    key: jax.Array, capacity: int,
+) -> tuple[jax.Array, jax.Array]:
+  """:func:`scatter_pairs` for pairs given as rows of (M, D) arrays.
+
+  Random directions (D normal numbers each, most of the step's random
+  numbers) are drawn for at most ``capacity`` pairs: the colliding ones,
+  compacted to the front; if more than ``capacity`` collide, for all M pairs.
+  With ``capacity = M`` the draws are those of :func:`scatter_pairs`.
+  """
+  m, d = g_i.shape
+
+  def every_pair(_):
+    direction, _ = unit_columns(jax.random.normal(key, (d, m), g_i.dtype))
+    half = 0.5 * speed[:, None] * direction.T
+    centre = 0.5 * (g_i + g_j)
+    hit = collide[:, None]
+    return (jnp.where(hit, centre + half, g_i),
+            jnp.where(hit, centre - half, g_j))
+
+  if capacity >= m:
+    return every_pair(None)
+
+  def colliding_pairs(_):
+    # Indices of the colliding pairs, padded with the out-of-range m.
+    idx = jnp.nonzero(collide, size=capacity, fill_value=m)[0]
+    take = lambda x: x.at[idx].get(mode='fill', fill_value=0)
+    direction, _ = unit_columns(
+        jax.random.normal(key, (d, capacity), g_i.dtype))
+    half = 0.5 * take(speed)[:, None] * direction.T
+    centre = 0.5 * (take(g_i) + take(g_j))
+    return (g_i.at[idx].set(centre + half, mode='drop'),
+            g_j.at[idx].set(centre - half, mode='drop'))
+
+  return jax.lax.cond(jnp.sum(collide) > capacity, every_pair,
+                      colliding_pairs, None)
+
+
 def hard_collision(
     w: jax.Array, g: jax.Array, rate: Any, key: jax.Array, *,
     length_scale: Any = 20.0,
@@ -231,10 +288,22 @@ def hard_collision(
     return g
   perm_key, pair_key = jax.random.split(key)
   order = jax.random.permutation(perm_key, n)
-  paired = order[:n - n % 2]
-  new = hard_collision_pairs(
-      w[:, paired], g[:, paired], rate, pair_key, length_scale=length_scale)
-  return g.at[:, paired].set(new, unique_indices=True)
+  m = n // 2
+  first, second = order[0:2 * m:2], order[1:2 * m:2]
+  # The same computation as hard_collision_pairs on the paired columns, on
+  # the transposed (N, D) matrices: gathering and scattering whole rows
+  # moves contiguous memory, where a column gather of (D, N) is strided
+  # (about 10x faster on CPU for D = 4608, N = 512).
+  wt, gt = w.T, g.T
+  w_i, w_j, g_i, g_j = wt[first], wt[second], gt[first], gt[second]
+  p, speed = collision_probability(w_i.T, w_j.T, g_i.T, g_j.T, rate,
+                                   length_scale)
+  accept_key, scatter_key = jax.random.split(pair_key)
+  collide = jax.random.uniform(accept_key, p.shape, p.dtype) < p
+  new_i, new_j = _scatter_rows(g_i, g_j, speed, collide, scatter_key,
+                               collision_capacity(rate, m))
+  out = gt.at[first].set(new_i, unique_indices=True)
+  return out.at[second].set(new_j, unique_indices=True).T
 
 
 def _collide_leaf(

@@ -262,7 +262,8 @@ def cond_curves(out, i):
   for k, leaf0 in out['params0'].items():
     snaps = [np.asarray(leaf0)[i]] + list(np.asarray(out['curve']['params'][k])[i])
     vals = [condensation_of(s) for s in snaps]
-    curves[k] = dict(cos=[v[0] for v in vals], erank=[v[1] for v in vals])
+    curves[k] = dict(cos=[round(v[0], 5) for v in vals],
+                     erank=[round(v[1], 4) for v in vals])
   return curves
 
 
@@ -283,7 +284,7 @@ def run_grid(task, ds, cfg, seeds, lrs, rates):
         flush=True)
   records = []
   for i, (s, lr, r) in enumerate(grid):
-    pick = lambda a: np.asarray(a)[i].tolist()
+    pick = lambda a: np.round(np.asarray(a, np.float64)[i], 5).tolist()
     records.append(dict(
         seed=s, lr=lr, rate=r,
         val_acc=pick(out['val_acc']), test_acc=pick(out['test_acc']),

@@ -17,6 +17,7 @@ timed beside them. The compiled programs' temporary memory (XLA's
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import time
 
@@ -26,6 +27,7 @@ import numpy as np
 import optax
 
 import ko_optax
+from ko_optax import collision as collision_lib
 from ko_examples import models as models_lib
 import timing
 
@@ -55,17 +57,37 @@ def model_zoo():
   return zoo
 
 
-def optimizers(lr=1e-3):
-  return {
+def optimizers(lr=1e-3, with_v1=False):
+  out = {
       'adam': optax.adam(lr),
       'sgd': optax.sgd(lr, momentum=0.9),
       'muon': optax.contrib.muon(lr),
       'ko_soft': ko_optax.ko(lr, collision='soft'),
       'ko_hard': ko_optax.ko(lr, collision='hard'),
   }
+  if with_v1:
+    # The first hard collision (column gathers, directions for every pair),
+    # traced with the old function patched in: see profile_hard.py.
+    out['ko_hard_v1'] = ko_optax.ko(lr, collision='hard')
+  return out
 
 
-def bench_model(name, repeats, warmup, which):
+@contextlib.contextmanager
+def first_hard_collision(active):
+  """Traces KO-hard with the first (column-gather) hard collision."""
+  if not active:
+    yield
+    return
+  import profile_hard  # pylint: disable=g-import-not-at-top
+  saved = collision_lib.hard_collision
+  collision_lib.hard_collision = profile_hard.hard_collision_columns
+  try:
+    yield
+  finally:
+    collision_lib.hard_collision = saved
+
+
+def bench_model(name, repeats, warmup, which, with_v1=False):
   model, x, classes = model_zoo()[name]
   x = jnp.asarray(x)
   y = jnp.asarray(np.arange(x.shape[0]) % classes)
@@ -78,7 +100,9 @@ def bench_model(name, repeats, warmup, which):
 
   grads = jax.grad(loss_fn)(params)
   thunks, memory = {}, {}
-  for opt_name, tx in optimizers().items():
+  for opt_name, tx in optimizers(with_v1=with_v1).items():
+    v1 = first_hard_collision(opt_name == 'ko_hard_v1')
+    v1.__enter__()
     state = tx.init(params)
 
     def opt_step(p, s, g, tx=tx):
@@ -99,6 +123,7 @@ def bench_model(name, repeats, warmup, which):
       c = jax.jit(train_step).lower(params, state).compile()
       thunks[(opt_name, 'train')] = (lambda c=c, s=state: c(params, s))
       memory[(opt_name, 'train')] = _temp_bytes(c)
+    v1.__exit__(None, None, None)
   times = timing.interleaved_medians(thunks, repeats=repeats, warmup=warmup)
   rows = []
   for (opt_name, kind), t in times.items():
@@ -125,6 +150,8 @@ def main():
   ap.add_argument('--warmup', type=int, default=3)
   ap.add_argument('--out', default=RESULTS)
   ap.add_argument('--tag', default='cpu')
+  ap.add_argument('--with-v1', action='store_true',
+                  help='also time the first hard collision (ko_hard_v1)')
   a = ap.parse_args()
   info = timing.machine()
   print(f'# {info}')
@@ -132,7 +159,8 @@ def main():
   path = os.path.join(a.out, f'cost_{a.tag}.json')
   for name in a.models.split(','):
     t0 = time.time()
-    new = bench_model(name, a.repeats, a.warmup, a.steps.split(','))
+    new = bench_model(name, a.repeats, a.warmup, a.steps.split(','),
+                      a.with_v1)
     rows += new
     peak = timing.peak_memory_bytes()
     for r in new:

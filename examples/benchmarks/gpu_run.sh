@@ -23,7 +23,7 @@ cat "$OUT/gpu.txt"
 # 1. Cost: ResNet-18 first (the target), then the other models.
 timeout 240 $PY examples/benchmarks/cost_benchmark.py \
   --models resnet18,transformer,mlp512,cnn --repeats 50 --warmup 5 \
-  --tag gpu --out "$OUT" 2>&1 | tee "$OUT/cost_gpu.txt"
+  --tag gpu --with-v1 --out "$OUT" 2>&1 | tee "$OUT/cost_gpu.txt"
 
 # 2. Scaling of one leaf with N and D.
 timeout 120 $PY examples/benchmarks/collision_scaling.py \

@@ -18,6 +18,8 @@ import timing
 def hard_collision_columns(w, g, rate, key, length_scale=20.0):
   """The first version of hard_collision (column gather and scatter)."""
   n = g.shape[-1]
+  if n < 2:
+    return g
   perm_key, pair_key = jax.random.split(key)
   order = jax.random.permutation(perm_key, n)
   paired = order[:n - n % 2]

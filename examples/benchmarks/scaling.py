@@ -312,13 +312,57 @@ def plot(results, suffix=''):
   plt.close(fig)
 
 
+def markdown(results) -> str:
+  """The three result tables in Markdown (for docs/scaling.md)."""
+  lines = ['| N | D | exact: ms | exact: MiB | ' + ' | '.join(
+      f'C = {c}: ms | C = {c}: MiB'
+      for c in results['config']['cell_sizes']) + ' |']
+  lines.append('|' + '---|' * (4 + 2 * len(results['config']['cell_sizes'])))
+  for n in results['config']['ns']:
+    row = [str(n), str(results['config']['d'])]
+    for c in [None] + list(results['config']['cell_sizes']):
+      r = [r for r in results['collision']
+           if r['n'] == n and r['cell_size'] == c]
+      if not r or r[0].get('skipped'):
+        row += ['-', '-']
+      else:
+        row += [f'{r[0]["seconds"] * 1e3:.1f}',
+                f'{r[0]["memory_bytes"] / 2**20:.0f}']
+    lines.append('| ' + ' | '.join(row) + ' |')
+  lines += ['', '| V | optimizer | ms per step | x adam | compiled MiB |',
+            '|---|---|---|---|---|']
+  for r in results['train_step']:
+    if r.get('skipped'):
+      lines.append(f'| {r["vocab"]} | {r["optimizer"]} | skipped | | |')
+      continue
+    name = r['optimizer'] + (f' (C = {r["cell_size"]})'
+                             if r['cell_size'] else '')
+    lines.append(f'| {r["vocab"]} | {name} | {r["seconds"] * 1e3:.0f} | '
+                 f'{r["vs_adam"]:.2f} | {r["memory_bytes"] / 2**20:.0f} |')
+  if 'fidelity' in results:
+    lines += ['', '| weights | cells | cosine to exact | norm ratio |',
+              '|---|---|---|---|']
+    for r in results['fidelity']:
+      lines.append(f'| {r["weights"]} | {r["cells"]} | {r["cosine"]:.3f} | '
+                   f'{r["norm_ratio"]:.3f} |')
+  return '\n'.join(lines)
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--quick', action='store_true')
   parser.add_argument('--max-exact-n', type=int, default=16384)
   parser.add_argument('--out', default=None)
   parser.add_argument('--parts', default='collision,train_step,fidelity')
+  parser.add_argument('--report', default=None,
+                      help='Only print the tables and redraw the plots of '
+                      'this results JSON.')
   args = parser.parse_args(argv)
+  if args.report:
+    results = json.loads(pathlib.Path(args.report).read_text())
+    plot(results)
+    print(markdown(results))
+    return results
   parts = args.parts.split(',')
   if args.quick:
     config = dict(ns=[64, 256], d=64, cell_sizes=[16], vocabs=[512],
