@@ -54,9 +54,9 @@ def make_tx(collision: str, seed: int = 0):
 def new_state(model, x, tx, seed: int = 0):
   # The same tx object for every state: TrainState keeps tx as a static
   # field, so a new tx would make jax.jit compile train_step again.
-  params = model.init(jax.random.key(seed), x)
-  return train_state.TrainState.create(apply_fn=model.apply, params=params,
-                                       tx=tx)
+  params = jax.jit(model.init)(jax.random.key(seed), x)
+  return train_state.TrainState(step=0, apply_fn=model.apply, params=params,
+                                tx=tx, opt_state=jax.jit(tx.init)(params))
 
 
 @jax.jit
@@ -128,7 +128,7 @@ def main(argv=None) -> dict:
     # A fresh state (as a new process would build it), then the checkpoint.
     # (Its key differs from the saved one: the restore must bring it back.)
     fresh = new_state(model, x0, tx, seed=123)
-    fresh = fresh.replace(opt_state=make_tx(args.collision, 123).init(
+    fresh = fresh.replace(opt_state=jax.jit(make_tx(args.collision, 123).init)(
         fresh.params))
     restored = restore(path, fresh)
   same_at_save = trees_equal(restored.opt_state, first.opt_state)

@@ -68,8 +68,8 @@ def main(argv=None) -> dict:
   ds = data.load_mnist1d()
   model = models.MLP(hidden=(100, 100))
   tx = ko_optax.ko(1e-2, collision='soft', collision_rate=0.1)
-  params = model.init(jax.random.key(0), jnp.asarray(ds.x_train[:1]))
-  opt_state = tx.init(params)
+  params = jax.jit(model.init)(jax.random.key(0), jnp.asarray(ds.x_train[:1]))
+  opt_state = jax.jit(tx.init)(params)
 
   def loss_fn(p, x, y):
     return optax.softmax_cross_entropy_with_integer_labels(

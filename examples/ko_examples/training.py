@@ -272,7 +272,7 @@ def fit(model, tx: optax.GradientTransformation, dataset, *, steps: int,
   from ko_examples import data as data_lib  # pylint: disable=g-import-not-at-top
   params = jax.jit(model.init)(jax.random.key(seed),
                                jnp.asarray(dataset.x_train[:1]))
-  opt_state = tx.init(params)
+  opt_state = jax.jit(tx.init)(params)
 
   @jax.jit
   def step(p, s, x, y):
