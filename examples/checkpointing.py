@@ -20,6 +20,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import tempfile
@@ -51,12 +52,20 @@ def make_tx(collision: str, seed: int = 0):
                      temperature=1e-6, key=seed)
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _init(model, key, x):
+  return model.init(key, x)
+
+
 def new_state(model, x, tx, seed: int = 0):
   # The same tx object for every state: TrainState keeps tx as a static
-  # field, so a new tx would make jax.jit compile train_step again.
-  params = jax.jit(model.init)(jax.random.key(seed), x)
-  return train_state.TrainState(step=0, apply_fn=model.apply, params=params,
-                                tx=tx, opt_state=jax.jit(tx.init)(params))
+  # field, so a new tx would make jax.jit compile train_step again. The step
+  # is an int32 array from the start (a Python 0 is weakly typed and would
+  # cost a second compilation).
+  params = _init(model, jax.random.key(seed), x)
+  return train_state.TrainState(
+      step=jnp.zeros([], jnp.int32), apply_fn=model.apply, params=params,
+      tx=tx, opt_state=jax.jit(tx.init)(params))
 
 
 @jax.jit

@@ -66,8 +66,9 @@ def create_state(model, x, tx_fn, seed=0):
   params = jax.jit(model.init)(jax.random.key(seed), x)
   tx = tx_fn(params)
   # Same as TrainState.create, with tx.init jitted (one compilation).
-  return train_state.TrainState(step=0, apply_fn=model.apply, params=params,
-                                tx=tx, opt_state=jax.jit(tx.init)(params))
+  return train_state.TrainState(
+      step=jnp.zeros([], jnp.int32), apply_fn=model.apply, params=params,
+      tx=tx, opt_state=jax.jit(tx.init)(params))
 
 
 @jax.jit
