@@ -119,3 +119,17 @@ def test_text_quick_and_missing(tmp_path, capsys):
                                     '--optimizers', opt])
     assert set(out) == {opt} and np.isfinite(out[opt]['final_loss'])
   assert '2 classes, 7 train, 1 val, 2 test' in capsys.readouterr().out
+
+
+def test_compare_names_the_extra_when_a_dependency_is_missing(monkeypatch):
+  import builtins  # pylint: disable=g-import-not-at-top
+  real_import = builtins.__import__
+
+  def fake_import(name, *args, **kwargs):
+    if name == 'mnist1d':
+      raise ImportError('No module named mnist1d')
+    return real_import(name, *args, **kwargs)
+
+  monkeypatch.setattr(builtins, '__import__', fake_import)
+  with pytest.raises(SystemExit, match=r'mnist1d.*ko-optax\[examples\]'):
+    compare.main(['--quick'])
