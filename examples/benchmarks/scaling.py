@@ -154,12 +154,18 @@ def transformer_loss(params, tokens, heads=4):
 
 
 def optimizers(cell_size):
+  """Optimizers of the train-step benchmark: name -> (transformation, C)."""
+  no_embed = lambda p: {k: k != 'embed' for k in p}
   return {
-      'adam': optax.adam(1e-3),
-      'ko_soft_exact': ko_optax.ko(1e-3, collision='soft'),
-      'ko_soft_cells': ko_optax.ko(1e-3, collision='soft',
-                                   cell_size=cell_size),
-      'ko_hard': ko_optax.ko(1e-3, collision='hard'),
+      'adam': (optax.adam(1e-3), None),
+      'ko_soft_exact': (ko_optax.ko(1e-3, collision='soft'), None),
+      'ko_soft_cells': (ko_optax.ko(1e-3, collision='soft',
+                                    cell_size=cell_size), cell_size),
+      'ko_soft_cells_small': (ko_optax.ko(1e-3, collision='soft',
+                                          cell_size=32), 32),
+      'ko_soft_cells_no_embed': (ko_optax.ko(
+          1e-3, collision='soft', cell_size=64, mask=no_embed), 64),
+      'ko_hard': (ko_optax.ko(1e-3, collision='hard'), None),
   }
 
 
@@ -170,7 +176,7 @@ def bench_train_step(vocabs, d_model, batch, seq, cell_size, max_exact_vocab,
     params = init_transformer(jax.random.key(0), vocab, d_model, seq)
     tokens = jax.random.randint(jax.random.key(1), (batch, seq + 1), 0, vocab)
     thunks, memory = {}, {}
-    for name, tx in optimizers(cell_size).items():
+    for name, (tx, _) in optimizers(cell_size).items():
       if name == 'ko_soft_exact' and vocab > max_exact_vocab:
         continue
 
@@ -184,14 +190,13 @@ def bench_train_step(vocabs, d_model, batch, seq, cell_size, max_exact_vocab,
       memory[name] = _memory_bytes(compiled)
       thunks[name] = (lambda c=compiled, s=state: c(params, s, tokens))
     times = _interleaved(thunks, repeats, budget_s)
-    for name in optimizers(cell_size):
+    for name, (_, c) in optimizers(cell_size).items():
       row = {'vocab': vocab, 'd_model': d_model, 'tokens': batch * seq,
-             'optimizer': name, 'cell_size': cell_size
-             if name == 'ko_soft_cells' else None}
+             'optimizer': name, 'cell_size': c}
       if name in times:
         row.update(seconds=times[name], memory_bytes=memory[name],
                    vs_adam=times[name] / times['adam'])
-        print(f'train step V={vocab:6d} {name:14s}: '
+        print(f'train step V={vocab:6d} {name:22s}: '
               f'{times[name] * 1e3:9.1f} ms ({row["vs_adam"]:.2f}x adam), '
               f'{memory[name] / 2**20:8.1f} MiB', flush=True)
       else:
@@ -289,8 +294,9 @@ def plot(results, suffix=''):
 
   rows = [r for r in results['train_step'] if not r.get('skipped')]
   vocabs = sorted({r['vocab'] for r in rows})
-  names = ['adam', 'ko_soft_cells', 'ko_hard', 'ko_soft_exact']
-  fig, ax = plt.subplots(figsize=(6, 4))
+  names = ['adam', 'ko_soft_cells', 'ko_soft_cells_small',
+           'ko_soft_cells_no_embed', 'ko_hard', 'ko_soft_exact']
+  fig, ax = plt.subplots(figsize=(8, 4.5))
   width = 0.8 / len(names)
   for i, name in enumerate(names):
     xs, ys = [], []
@@ -299,7 +305,9 @@ def plot(results, suffix=''):
         if r['vocab'] == v and r['optimizer'] == name:
           xs.append(j + i * width)
           ys.append(r['vs_adam'])
-    ax.bar(xs, ys, width, label=name)
+    cell = [r['cell_size'] for r in rows if r['optimizer'] == name]
+    label = name + (f' (C = {cell[0]})' if cell and cell[0] else '')
+    ax.bar(xs, ys, width, label=label)
   ax.axhline(1.3, color='k', ls='--', lw=1, label='1.3 x adam')
   ax.set_xticks([j + 0.4 - width / 2 for j in range(len(vocabs))])
   ax.set_xticklabels([f'V = {v}' for v in vocabs])
@@ -336,7 +344,7 @@ def markdown(results) -> str:
       lines.append(f'| {r["vocab"]} | {r["optimizer"]} | skipped | | |')
       continue
     name = r['optimizer'] + (f' (C = {r["cell_size"]})'
-                             if r['cell_size'] else '')
+                             if r.get('cell_size') else '')
     lines.append(f'| {r["vocab"]} | {name} | {r["seconds"] * 1e3:.0f} | '
                  f'{r["vs_adam"]:.2f} | {r["memory_bytes"] / 2**20:.0f} |')
   if 'fidelity' in results:
@@ -354,6 +362,9 @@ def main(argv=None):
   parser.add_argument('--max-exact-n', type=int, default=16384)
   parser.add_argument('--out', default=None)
   parser.add_argument('--parts', default='collision,train_step,fidelity')
+  parser.add_argument('--merge', action='store_true',
+                      help='Update the parts run in an existing results '
+                      'JSON instead of starting a new one.')
   parser.add_argument('--report', default=None,
                       help='Only print the tables and redraw the plots of '
                       'this results JSON.')
@@ -373,7 +384,11 @@ def main(argv=None):
                   vocabs=[4096, 16384], d_model=256, batch=8, seq=64,
                   train_cell=128, repeats=7, fidelity_n=4096, fidelity_d=256,
                   fidelity_c=256, trials=4)
+  suffix = '_quick' if args.quick else ''
+  out = pathlib.Path(args.out) if args.out else RESULTS / f'scaling{suffix}.json'
+  old = json.loads(out.read_text()) if args.merge and out.exists() else {}
   results = {
+      **old,
       'machine': f'{platform.machine()} CPU, {os.cpu_count()} cores '
                  '(shared with other jobs)',
       'jax': jax.__version__, 'config': config,
@@ -393,8 +408,6 @@ def main(argv=None):
         config['fidelity_n'], config['fidelity_d'], config['fidelity_c'],
         clusters=16, trials=config['trials'])
   results['wall_seconds'] = time.time() - t0
-  suffix = '_quick' if args.quick else ''
-  out = pathlib.Path(args.out) if args.out else RESULTS / f'scaling{suffix}.json'
   out.parent.mkdir(parents=True, exist_ok=True)
   out.write_text(json.dumps(results, indent=1))
   if not args.quick and 'collision' in results and 'train_step' in results:
