@@ -215,15 +215,16 @@ def collide_in_cells(
     g = jax.sharding.reshard(g, P(None, n_entry))
   hash_key, collide_key = jax.random.split(key)
   # (D, N) -> (G, B, D), particles as rows: block k holds particles
-  # k*B .. (k+1)*B - 1. One transpose in, one out; the gathers then move
-  # contiguous rows, and the cells' kernels take their operands transposed
-  # (XLA folds those transposes into the batched matmuls).
+  # k*B .. (k+1)*B - 1; the gathers then move contiguous rows. The cells
+  # are handed to ``collide`` in its (..., D, C) layout. On XLA:CPU these
+  # copies, not the O(N C D) flops, dominate the cells' time (see
+  # docs/scaling.md); on accelerators they run at memory bandwidth.
   wb = w.T.reshape(groups, block, d)
   gb = g.T.reshape(groups, block, d)
   order = _hash_order_rows(wb, hash_key, num_hyperplanes(block, cell_size))
   ws, gs = _take_rows(wb, order), _take_rows(gb, order)
-  # Materialise the sorted particles once: left to itself XLA fuses the
-  # gather into every consumer and redoes it there (3x slower on CPU).
+  # Materialise the sorted particles once: left to itself XLA may fuse the
+  # gather into every consumer and redo it there (1.5x slower on CPU).
   ws, gs = jax.lax.optimization_barrier((ws, gs))
   cols = lambda x: jnp.swapaxes(x, -1, -2)
   if pairs:
