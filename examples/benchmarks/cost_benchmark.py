@@ -53,6 +53,11 @@ def model_zoo():
           max_len=128),
                       np.random.default_rng(0).integers(
                           1, 4096, size=(32, 128)).astype(np.int32), 2),
+      'transformer_small': (models_lib.SmallTransformer(
+          vocab_size=2048, num_classes=2, width=128, depth=2, heads=4,
+          max_len=64),
+                            np.random.default_rng(0).integers(
+                                1, 2048, size=(32, 64)).astype(np.int32), 2),
   }
   return zoo
 
@@ -144,7 +149,7 @@ def _temp_bytes(compiled):
 
 def main():
   ap = argparse.ArgumentParser()
-  ap.add_argument('--models', default='mlp512,cnn,transformer')
+  ap.add_argument('--models', default='mlp512,cnn,transformer_small')
   ap.add_argument('--steps', default='opt,train')
   ap.add_argument('--repeats', type=int, default=20)
   ap.add_argument('--warmup', type=int, default=3)

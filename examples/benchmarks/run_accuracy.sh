@@ -14,8 +14,8 @@ run --task mnist1d_mlp --groups main
 run --task condense_mlp --groups main
 run --task mnist1d_cnn --groups main --only $SUBSET
 run --task digits_cnn --groups main --only $SUBSET
+run --task condense_mlp --groups variants
 run --task mnist1d_mlp --groups variants
 run --task mnist1d_mlp --groups stability
-run --task condense_mlp --groups variants
 run --task mnist1d_cnn --groups main
 run --task digits_cnn --groups main
