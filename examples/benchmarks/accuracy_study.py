@@ -267,14 +267,21 @@ def cond_curves(out, i):
   return curves
 
 
-def run_grid(task, ds, cfg, seeds, lrs, rates):
+def run_grid(task, ds, cfg, seeds, lrs, rates, sequential=False):
   grid = [(s, lr, r) for lr in lrs for r in rates for s in seeds]
   s_arr = jnp.asarray([g[0] for g in grid], jnp.uint32)
   lr_arr = jnp.asarray([g[1] for g in grid], jnp.float32)
   r_arr = jnp.asarray([g[2] for g in grid], jnp.float32)
   arrays = tuple(jnp.asarray(a) for a in (
       ds.x_train, ds.y_train, ds.x_val, ds.y_val, ds.x_test, ds.y_test))
-  fn = jax.jit(jax.vmap(build_run(task, ds, cfg), in_axes=(0, 0, 0, None)))
+  run = build_run(task, ds, cfg)
+  if sequential:
+    # One run after the other (lax.map): a vmapped convolution becomes a
+    # grouped convolution, which is slow on CPU.
+    fn = jax.jit(lambda s, l, r, arrays: jax.lax.map(
+        lambda t: run(*t, arrays), (s, l, r)))
+  else:
+    fn = jax.jit(jax.vmap(run, in_axes=(0, 0, 0, None)))
   t0 = time.time()
   compiled = fn.lower(s_arr, lr_arr, r_arr, arrays).compile()
   compile_secs = time.time() - t0
@@ -316,6 +323,12 @@ def main():
   ap.add_argument('--seeds', type=int, default=5)
   ap.add_argument('--steps', type=int, default=0)
   ap.add_argument('--out', default=RESULTS)
+  ap.add_argument('--sequential', action='store_true',
+                  help='lax.map over runs instead of vmap (CNNs on CPU)')
+  ap.add_argument('--ko-lr-from-base', action='store_true',
+                  help='KO keeps its base optimizer\'s chosen learning rate '
+                  'and tunes only the collision rate (same grid size as the '
+                  'base)')
   a = ap.parse_args()
   task = tasks()[a.task]
   if a.steps:
@@ -335,7 +348,14 @@ def main():
       if cfg['name'] in done:
         continue
       seeds = list(range(a.seeds))
-      records, secs = run_grid(task, ds, cfg, seeds, cfg['lrs'], rates)
+      lrs = cfg['lrs']
+      base = {'adam': 'adam', 'sgd': 'sgdm', 'muon': 'muon'}.get(
+          cfg.get('base', 'adam'))
+      if a.ko_lr_from_base and cfg['opt'] == 'ko' and base in done:
+        lrs = (best_point(done[base]['records'])[0],)
+        cfg = dict(cfg, lrs=lrs)
+      records, secs = run_grid(task, ds, cfg, seeds, lrs, rates,
+                               a.sequential)
       rec = dict(name=cfg['name'], group=group, config=public(cfg),
                  task=a.task, steps=task.steps, batch=task.batch,
                  seconds=secs, records=records)

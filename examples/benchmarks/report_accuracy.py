@@ -114,6 +114,42 @@ def task_table(task, recs):
   return lines, chosen
 
 
+def plot_rates(all_recs, task):
+  """Validation gain over the base against the collision rate, per variant."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  recs = all_recs.get(task)
+  if not recs:
+    return None
+  fig, ax = plt.subplots(figsize=(7, 4))
+  for name, rec in recs.items():
+    base = base_of(name)
+    if base not in recs:
+      continue
+    b_val = np.mean([safe(r['val_acc']) for r in best(recs[base])[1]])
+    pts = points(rec)
+    rates = sorted({k[1] for k in pts})
+    if len(rates) < 2:
+      continue
+    gain = [(max(np.mean([safe(r['val_acc']) for r in pts[k]])
+                 for k in pts if k[1] == rate) - b_val) * 100
+            for rate in rates]
+    ax.semilogx(rates, gain, 'o-', label=name)
+  ax.axhline(0, color='k', lw=0.8)
+  ax.set_ylim(-55, 5)
+  ax.set_xlabel('collision rate')
+  ax.set_ylabel('val. accuracy - base, points (lr tuned)')
+  ax.set_title(f'{task}: gain over the base optimizer by collision rate')
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7, ncol=2)
+  fig.tight_layout()
+  path = os.path.join(DOCS, f'bench_rates_{task}.png')
+  fig.savefig(path, dpi=90)
+  plt.close(fig)
+  return path
+
+
 def rate_table(all_recs):
   """Mean validation gain over the base per (configuration, rate), with the
   learning rate tuned per rate: the evidence for the defaults."""
@@ -195,6 +231,10 @@ def main():
     p = plot_condensation(task, recs, chosen, [
         ('ko_soft_adam', 'adam'), ('ko_hard_adam', 'adam'),
         ('ko_soft_sgd', 'sgdm'), ('muon', 'adam')])
+    if p:
+      print('wrote', p)
+  for task in all_recs:
+    p = plot_rates(all_recs, task)
     if p:
       print('wrote', p)
   out += ['## Validation gain over the base per collision rate', '',
