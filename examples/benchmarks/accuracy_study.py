@@ -339,6 +339,12 @@ def main():
   if os.path.exists(path):
     with open(path) as f:
       done = {r['name']: r for r in json.load(f)}
+  # Base optimizers' results in the main results folder (--ko-lr-from-base).
+  main_results = {}
+  main_path = os.path.join(RESULTS, f'accuracy_{a.task}.json')
+  if os.path.exists(main_path):
+    with open(main_path) as f:
+      main_results = {r['name']: r for r in json.load(f)}
   only = set(filter(None, a.only.split(',')))
   for group in a.groups.split(','):
     for cfg in configs(group):
@@ -351,8 +357,9 @@ def main():
       lrs = cfg['lrs']
       base = {'adam': 'adam', 'sgd': 'sgdm', 'muon': 'muon'}.get(
           cfg.get('base', 'adam'))
-      if a.ko_lr_from_base and cfg['opt'] == 'ko' and base in done:
-        lrs = (best_point(done[base]['records'])[0],)
+      base_rec = done.get(base) or main_results.get(base)
+      if a.ko_lr_from_base and cfg['opt'] == 'ko' and base_rec:
+        lrs = (best_point(base_rec['records'])[0],)
         cfg = dict(cfg, lrs=lrs)
       records, secs = run_grid(task, ds, cfg, seeds, lrs, rates,
                                a.sequential)

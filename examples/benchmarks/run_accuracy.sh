@@ -23,4 +23,6 @@ run --task mnist1d_mlp --groups variants --only "ko_soft_adam/norm,ko_soft_adam@
 CNN_SET=adam,sgdm,ko_soft_adam,ko_hard_adam,ko_soft_sgd
 for t in mnist1d_cnn digits_cnn; do
   run --task $t --only $CNN_SET --steps 800 --sequential --ko-lr-from-base
+  run --task $t --groups variants --only ko_soft_adam/norm --steps 800 \
+    --sequential --ko-lr-from-base --out examples/benchmarks/results/variants2
 done
