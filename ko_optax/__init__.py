@@ -21,6 +21,7 @@ from ko_optax.diagnostics import cosine_matrix
 from ko_optax.diagnostics import kinetic_temperature
 from ko_optax.diffusion import thermal_diffusion
 from ko_optax.diffusion import ThermalDiffusionState
+from ko_optax.keys import fold_in_keys
 from ko_optax.particles import resolve_particle_axes
 from ko_optax.preset import ko
 
@@ -34,6 +35,7 @@ __all__ = (
     'condensation',
     'condensation_metrics',
     'cosine_matrix',
+    'fold_in_keys',
     'hard_collision',
     'kinetic_advection',
     'kinetic_temperature',

@@ -6,7 +6,7 @@ import importlib
 import pytest
 
 MODULES = ['ko_optax.advection', 'ko_optax.collision', 'ko_optax.diffusion',
-           'ko_optax.diagnostics', 'ko_optax.preset']
+           'ko_optax.diagnostics', 'ko_optax.keys', 'ko_optax.preset']
 
 
 @pytest.mark.parametrize('name', MODULES)

@@ -182,7 +182,10 @@ def train(model, tx: optax.GradientTransformation, dataset, *,
                                           batch_size)
   keys = jnp.stack([jax.random.key(s) for s in seeds])
   params = _init(model, keys, x_train[:1])
-  opt_state = jax.jit(jax.vmap(tx.init))(params)
+  # Every seed gets its own KO key stream (collisions, noise).
+  opt_state = jax.jit(jax.vmap(
+      lambda p, s: ko_optax.fold_in_keys(tx.init(p), s)))(
+          params, jnp.asarray(seeds))
 
   def loss_fn(p, x, y):
     return cross_entropy(model.apply(p, x), y)

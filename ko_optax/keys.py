@@ -1,0 +1,45 @@
+"""PRNG keys in optimizer states: one stream per ensemble member.
+
+KO's collision and diffusion steps keep a typed ``jax.random.key`` in their
+state, created by ``init`` from the ``key`` argument of the factory. When an
+ensemble (several seeds, a hyperparameter grid) is initialised with
+``jax.vmap(tx.init)``, every member gets that same key. ``fold_in_keys``
+gives each member its own stream without rebuilding the optimizer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+
+def _is_key(x: Any) -> bool:
+  return isinstance(x, jax.Array) and jnp.issubdtype(
+      x.dtype, jax.dtypes.prng_key)
+
+
+def fold_in_keys(state: Any, data: Any) -> Any:
+  """Folds ``data`` into every typed PRNG key of an optimizer state.
+
+  Args:
+    state: any optimizer state (or pytree); leaves that are typed keys are
+      replaced by ``jax.random.fold_in(key, data)``, other leaves are kept.
+    data: an integer (e.g. a seed or an ensemble index), possibly traced.
+
+  Returns:
+    The state with new keys; the same structure, shapes and dtypes.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, ko_optax
+    >>> tx = ko_optax.ko(1e-2, collision='hard')
+    >>> params = jnp.zeros((3, 2, 4))                 # three seeds
+    >>> init = lambda p, seed: ko_optax.fold_in_keys(tx.init(p), seed)
+    >>> states = jax.vmap(init)(params, jnp.arange(3))
+    >>> keys = jax.random.key_data(states[0].key)
+    >>> bool((keys[0] != keys[1]).any())
+    True
+  """
+  return jax.tree.map(
+      lambda x: jax.random.fold_in(x, data) if _is_key(x) else x, state)
