@@ -60,20 +60,10 @@ def main(argv=None) -> dict:
   print(f'{args.data}: {ds.num_classes} classes, {len(ds.y_train)} train, '
         f'{len(ds.y_val)} val, {len(ds.y_test)} test, vocabulary '
         f'{len(vocab)}; model {args.model}')
-  results = {}
-  for name in args.optimizers.split(','):
-    tx = training.make_optimizer(name, args.lr,
-                                 collision_rate=args.collision_rate)
-    params, losses = training.fit(model, tx, ds, steps=steps,
-                                  batch_size=args.batch_size,
-                                  log_every=max(1, steps // 5))
-    val = training.accuracy(model, params, ds.x_val, ds.y_val)
-    test = training.accuracy(model, params, ds.x_test, ds.y_test)
-    results[name] = {'val_acc': val, 'test_acc': test,
-                     'final_loss': losses[-1]}
-    print(f'{training.LABELS.get(name, name)}: val accuracy {val:.3f}  '
-          f'test accuracy {test:.3f}')
-  return results
+  return training.fit_each(
+      model, ds, args.optimizers.split(','), learning_rate=args.lr,
+      collision_rate=args.collision_rate, steps=steps,
+      batch_size=args.batch_size)
 
 
 if __name__ == '__main__':

@@ -295,3 +295,34 @@ def fit(model, tx: optax.GradientTransformation, dataset, *, steps: int,
     if log_every and (i % log_every == 0 or i == steps - 1):
       log(f'step {i:5d}  loss {losses[-1]:.4f}')
   return params, losses
+
+
+def fit_each(model, dataset, optimizers: Sequence[str], *, learning_rate: float,
+             collision_rate: float, steps: int, batch_size: int,
+             log: Callable[[str], Any] = print) -> dict[str, dict[str, float]]:
+  """Trains ``model`` once per optimizer with :func:`fit` and scores it.
+
+  Args:
+    model: a ``flax.linen`` module without mutable state.
+    dataset: a :class:`ko_examples.data.Dataset`.
+    optimizers: names for :func:`make_optimizer`.
+    learning_rate, collision_rate: passed to :func:`make_optimizer`.
+    steps, batch_size: passed to :func:`fit`.
+    log: where progress lines go.
+
+  Returns:
+    ``{name: {'val_acc', 'test_acc', 'final_loss'}}``.
+  """
+  results = {}
+  for name in optimizers:
+    tx = make_optimizer(name, learning_rate, collision_rate=collision_rate)
+    params, losses = fit(model, tx, dataset, steps=steps,
+                         batch_size=batch_size, log_every=max(1, steps // 5),
+                         log=log)
+    val = accuracy(model, params, dataset.x_val, dataset.y_val)
+    test = accuracy(model, params, dataset.x_test, dataset.y_test)
+    results[name] = {'val_acc': val, 'test_acc': test,
+                     'final_loss': losses[-1]}
+    log(f'{LABELS.get(name, name)}: val accuracy {val:.3f}  '
+        f'test accuracy {test:.3f}')
+  return results
