@@ -321,6 +321,10 @@ def _collide_leaf(
   dtype = compute_dtype(g.dtype)
   wp = particles_lib.to_particles(w.astype(dtype), axes)
   gp = particles_lib.to_particles(g.astype(dtype), axes)
+  # hard_collision reads a static bound on the number of collisions from a
+  # concrete rate (a Python number stays concrete under jit; an array made
+  # here would be traced).
+  static_rate = rate
   rate = jnp.asarray(rate, dtype)
   n = gp.shape[-1]
   if mode == 'soft':
@@ -335,7 +339,7 @@ def _collide_leaf(
       exact = lambda w_, g_: collide(w_, g_, key)
     else:
       exact = lambda w_, g_: hard_collision(
-          w_, g_, rate, key, length_scale=length_scale)
+          w_, g_, static_rate, key, length_scale=length_scale)
     # Explicitly sharded leaves are gathered for the all-pairs form.
     new = cells_lib.unsharded(exact, wp, gp)
   else:

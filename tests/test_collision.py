@@ -342,3 +342,15 @@ def test_schedule_is_evaluated_at_the_step_count():
   np.testing.assert_allclose(second, reference.soft_collision(w, g, 0.1),
                              rtol=2e-5, atol=2e-6)
   assert int(state.count) == 2
+
+
+def test_jitted_hard_step_draws_directions_only_for_colliding_pairs():
+  # N = 200 particles make 100 pairs; at rate 0.1 the static bound on the
+  # number of collisions is 100 * 0.1 + 4 * sqrt(9) + 4 = 26 pairs.
+  params = {'w': jnp.ones((3, 200))}
+  tx = ko_optax.stochastic_collision(0.1, mode='hard')
+  jaxpr = jax.make_jaxpr(jax.jit(tx.update))(params, tx.init(params),
+                                             params).jaxpr
+  shapes = set(_shapes_in_jaxpr(jaxpr))
+  assert collision.collision_capacity(0.1, 100) == 26
+  assert (3, 26) in shapes or (26, 3) in shapes, sorted(shapes)
