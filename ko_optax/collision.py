@@ -43,7 +43,7 @@ References:
 
 from __future__ import annotations
 
-import math
+import functools
 from typing import Any, NamedTuple
 
 import chex
@@ -170,6 +170,25 @@ def collision_probability(
   return jnp.clip(p, 0.0, 1.0), relative_speed
 
 
+def unit_directions(keys: jax.Array, d: int, dtype: Any) -> jax.Array:
+  """One uniform random unit vector in R^d per key.
+
+  Args:
+    keys: typed PRNG keys, any shape K.
+    d: the dimension.
+    dtype: float dtype of the result.
+
+  Returns:
+    Shape ``K + (d,)``: each vector is ``d`` standard normal numbers drawn
+    from its own key and scaled to unit length (isotropic on the sphere).
+  """
+  flat = keys.reshape(-1)
+  z = jax.vmap(lambda k: jax.random.normal(k, (d,), dtype))(flat)
+  z = z.reshape(keys.shape + (d,))
+  norms = jnp.sqrt(jnp.sum(jnp.square(z), axis=-1, keepdims=True))
+  return z / jnp.where(norms > 0, norms, 1.0)
+
+
 def scatter_pairs(
     g_i: jax.Array, g_j: jax.Array, relative_speed: jax.Array,
     collide: jax.Array, key: jax.Array,
@@ -178,9 +197,14 @@ def scatter_pairs(
 
   Each colliding pair keeps its centre-of-mass velocity and relative speed;
   the direction of its relative velocity is redrawn uniformly on the sphere.
+  Pair ``k`` draws its direction from its own key,
+  ``jax.random.split(key, (..., M))[..., k]``, so the direction a pair gets
+  does not depend on which other pairs collide: :func:`hard_collision`,
+  which draws only for the colliding pairs, uses the same numbers.
   """
-  n = jax.random.normal(key, g_i.shape, g_i.dtype)
-  n_hat, _ = unit_columns(n)
+  *batch, d, m = g_i.shape
+  keys = jax.random.split(key, (*batch, m))
+  n_hat = jnp.swapaxes(unit_directions(keys, d, g_i.dtype), -1, -2)
   centre = 0.5 * (g_i + g_j)
   half = 0.5 * relative_speed[..., None, :] * n_hat
   collide = collide[..., None, :]
@@ -216,60 +240,62 @@ def hard_collision_pairs(
   return jnp.stack([g_i, g_j], axis=-1).reshape(g.shape)
 
 
-def collision_capacity(rate: Any, pairs: int) -> int:
-  """A static bound on how many of ``pairs`` pairs collide in one step.
+def capacity_rungs(pairs: int, backend: str | None = None) -> tuple[int, ...]:
+  """Static sizes for the number of colliding pairs, smallest first.
 
-  Each pair collides with probability at most ``min(1, rate)``, so the count
-  is at most binomial; the bound is its mean plus four standard deviations
-  plus 4. Without a concrete rate (a schedule, ``inject_hyperparams``) there
-  is no bound: ``pairs``. Used to draw scattering directions only for the
-  pairs that collide; when more collide than the bound (rare), all pairs are
-  drawn for, so the bound never changes the result's distribution.
+  Most pairs do not collide in a step (the acceptance probability is at most
+  the rate, and at the default 0.1 about 2 % of pairs collide on an MLP), so
+  :func:`hard_collision` draws directions and moves memory only for the
+  colliding pairs, padded up to the smallest rung that holds them: ``pairs``
+  divided by 64, 16 and 4 (rungs under 8 are dropped) and ``pairs`` itself.
+  The rung changes only the cost, never the result.
+
+  On GPU and TPU only the top rung is used (no branch): drawing for every
+  pair is cheap there, and a data-dependent branch can cost a device-to-host
+  round trip per leaf and step.
+
+  Args:
+    pairs: the number of pairs M.
+    backend: 'cpu', 'gpu', 'tpu'; None means ``jax.default_backend()``.
+
+  Returns:
+    The capacities, increasing, the last one ``pairs``.
   """
-  if not _checks.is_concrete(rate):
-    return pairs
-  r = float(np.clip(np.max(np.asarray(rate, np.float64)), 0.0, 1.0))
-  bound = pairs * r + 4.0 * math.sqrt(pairs * r * (1.0 - r)) + 4.0
-  return int(min(pairs, math.ceil(bound)))
+  backend = jax.default_backend() if backend is None else backend
+  if backend != 'cpu':
+    return (pairs,)
+  rungs = {pairs}
+  for divisor in (64, 16, 4):
+    rung = -(-pairs // divisor)
+    if rung >= 8:
+      rungs.add(rung)
+  return tuple(sorted(rungs))
 
 
-def _scatter_rows(
-    g_i: jax.Array, g_j: jax.Array, speed: jax.Array, collide: jax.Array,
-    key: jax.Array, capacity: int,
-) -> tuple[jax.Array, jax.Array]:
-  """:func:`scatter_pairs` for pairs given as rows of (M, D) arrays.
+def _collide_colliding_pairs(
+    g: jax.Array, first: jax.Array, second: jax.Array, speed: jax.Array,
+    collide: jax.Array, pair_keys: jax.Array, capacity: int,
+) -> jax.Array:
+  """Scatters the colliding pairs of ``g`` (D, N), at most ``capacity``.
 
-  Random directions (D normal numbers each, most of the step's random
-  numbers) are drawn for at most ``capacity`` pairs: the colliding ones,
-  compacted to the front; if more than ``capacity`` collide, for all M pairs.
-  With ``capacity = M`` the draws are those of :func:`scatter_pairs`.
+  The indices of the colliding pairs are compacted to the front (padded with
+  the out-of-range pair ``M``, whose reads give 0 and whose writes are
+  dropped); only their columns are read, given directions and written back.
   """
-  m, d = g_i.shape
-
-  def every_pair(_):
-    direction, _ = unit_columns(jax.random.normal(key, (d, m), g_i.dtype))
-    half = 0.5 * speed[:, None] * direction.T
-    centre = 0.5 * (g_i + g_j)
-    hit = collide[:, None]
-    return (jnp.where(hit, centre + half, g_i),
-            jnp.where(hit, centre - half, g_j))
-
-  if capacity >= m:
-    return every_pair(None)
-
-  def colliding_pairs(_):
-    # Indices of the colliding pairs, padded with the out-of-range m.
-    idx = jnp.nonzero(collide, size=capacity, fill_value=m)[0]
-    take = lambda x: x.at[idx].get(mode='fill', fill_value=0)
-    direction, _ = unit_columns(
-        jax.random.normal(key, (d, capacity), g_i.dtype))
-    half = 0.5 * take(speed)[:, None] * direction.T
-    centre = 0.5 * (take(g_i) + take(g_j))
-    return (g_i.at[idx].set(centre + half, mode='drop'),
-            g_j.at[idx].set(centre - half, mode='drop'))
-
-  return jax.lax.cond(jnp.sum(collide) > capacity, every_pair,
-                      colliding_pairs, None)
+  d, n = g.shape
+  m = speed.shape[0]
+  idx = jnp.nonzero(collide, size=capacity, fill_value=m)[0]
+  cols = jnp.concatenate([first.at[idx].get(mode='fill', fill_value=n),
+                          second.at[idx].get(mode='fill', fill_value=n)])
+  pair = jnp.take(g, cols, axis=1, mode='fill', fill_value=0)
+  g_i, g_j = pair[:, :capacity], pair[:, capacity:]
+  direction = unit_directions(
+      pair_keys.at[jnp.minimum(idx, m - 1)].get(), d, g.dtype).T
+  speed = speed.at[idx].get(mode='fill', fill_value=0)
+  centre = 0.5 * (g_i + g_j)
+  half = 0.5 * speed[None, :] * direction
+  return g.at[:, cols].set(
+      jnp.concatenate([centre + half, centre - half], axis=1), mode='drop')
 
 
 def hard_collision(
@@ -281,7 +307,9 @@ def hard_collision(
   Draws a uniformly random perfect pairing of the N particles (one particle
   sits out when N is odd), then collides each pair with the DSMC acceptance
   probability (:func:`collision_probability`) by elastic isotropic
-  scattering (:func:`scatter_pairs`). O(N D) time and memory.
+  scattering (:func:`scatter_pairs`, with the same random numbers). O(N D)
+  time and memory; directions are drawn and columns moved only for the
+  colliding pairs (see :func:`capacity_rungs`).
   """
   n = g.shape[-1]
   if n < 2:
@@ -290,20 +318,24 @@ def hard_collision(
   order = jax.random.permutation(perm_key, n)
   m = n // 2
   first, second = order[0:2 * m:2], order[1:2 * m:2]
-  # The same computation as hard_collision_pairs on the paired columns, on
-  # the transposed (N, D) matrices: gathering and scattering whole rows
-  # moves contiguous memory, where a column gather of (D, N) is strided
-  # (about 10x faster on CPU for D = 4608, N = 512).
+  # The distances of all pairs read rows of the transposed matrices
+  # (contiguous memory; XLA fuses the gathers into the reductions).
   wt, gt = w.T, g.T
-  w_i, w_j, g_i, g_j = wt[first], wt[second], gt[first], gt[second]
-  p, speed = collision_probability(w_i.T, w_j.T, g_i.T, g_j.T, rate,
-                                   length_scale)
+  p, speed = collision_probability(wt[first].T, wt[second].T, gt[first].T,
+                                   gt[second].T, rate, length_scale)
   accept_key, scatter_key = jax.random.split(pair_key)
   collide = jax.random.uniform(accept_key, p.shape, p.dtype) < p
-  new_i, new_j = _scatter_rows(g_i, g_j, speed, collide, scatter_key,
-                               collision_capacity(rate, m))
-  out = gt.at[first].set(new_i, unique_indices=True)
-  return out.at[second].set(new_j, unique_indices=True).T
+  pair_keys = jax.random.split(scatter_key, m)
+  operands = (g, first, second, speed, collide, pair_keys)
+  rungs = capacity_rungs(m)
+  if len(rungs) == 1:
+    return _collide_colliding_pairs(*operands, capacity=rungs[0])
+  # The smallest rung that holds this step's collisions.
+  count = jnp.sum(collide)
+  index = sum((count > c).astype(jnp.int32) for c in rungs[:-1])
+  return jax.lax.switch(
+      index, [functools.partial(_collide_colliding_pairs, capacity=c)
+              for c in rungs], *operands)
 
 
 def _collide_leaf(
@@ -321,10 +353,6 @@ def _collide_leaf(
   dtype = compute_dtype(g.dtype)
   wp = particles_lib.to_particles(w.astype(dtype), axes)
   gp = particles_lib.to_particles(g.astype(dtype), axes)
-  # hard_collision reads a static bound on the number of collisions from a
-  # concrete rate (a Python number stays concrete under jit; an array made
-  # here would be traced).
-  static_rate = rate
   rate = jnp.asarray(rate, dtype)
   n = gp.shape[-1]
   if mode == 'soft':
@@ -339,7 +367,7 @@ def _collide_leaf(
       exact = lambda w_, g_: collide(w_, g_, key)
     else:
       exact = lambda w_, g_: hard_collision(
-          w_, g_, static_rate, key, length_scale=length_scale)
+          w_, g_, rate, key, length_scale=length_scale)
     # Explicitly sharded leaves are gathered for the all-pairs form.
     new = cells_lib.unsharded(exact, wp, gp)
   else:

@@ -1,10 +1,10 @@
 """Optimised code paths compute what the plain versions computed.
 
-``collision.hard_collision`` gathers and scatters the paired particles as
-rows of the transposed matrices (contiguous memory) instead of as columns;
-it must give the same result as the plain column version below (the same
-pairing, the same random numbers, the same collisions), up to float
-rounding of the reductions.
+``collision.hard_collision`` reads the paired particles as rows of the
+transposed matrices (contiguous memory) and draws directions and moves
+columns only for the colliding pairs; it must give the same result as the
+plain column version below (the same pairing, the same random numbers, the
+same collisions), up to float rounding of the reductions.
 """
 
 import jax
@@ -50,67 +50,65 @@ def test_hard_collision_rows_under_vmap():
   w = jax.random.normal(kw, (3, 6, 10))
   g = jax.random.normal(kg, (3, 6, 10))
   keys = jax.random.split(jax.random.key(1), 3)
-  fast = jax.vmap(lambda w, g, k: collision.hard_collision(w, g, 2.0, k))(
-      w, g, keys)
-  plain = jax.vmap(lambda w, g, k: _hard_collision_columns(w, g, 2.0, k))(
-      w, g, keys)
+  fast = jax.jit(jax.vmap(
+      lambda w, g, k: collision.hard_collision(w, g, 2.0, k)))(w, g, keys)
+  plain = jax.jit(jax.vmap(
+      lambda w, g, k: _hard_collision_columns(w, g, 2.0, k)))(w, g, keys)
   np.testing.assert_allclose(fast, plain, rtol=1e-5, atol=1e-6)
   assert fast.dtype == jnp.float32
 
 
-def test_hard_collision_draws_only_for_colliding_pairs_same_physics():
-  # A concrete rate bounds the number of collisions, so directions are
-  # drawn for the colliding pairs only: other random numbers than the plain
-  # version, but the same pairs collide and each keeps its momentum and
-  # energy (centre-of-mass velocity and relative speed).
-  d, n, rate = 5, 64, 0.2
-  assert collision.collision_capacity(rate, n // 2) < n // 2
-  fast_fn = jax.jit(lambda w, g, k: collision.hard_collision(w, g, rate, k))
+def test_hard_collision_many_pairs_equals_columns_at_every_rung():
+  # 300 pairs: capacity rungs 19, 75 and 300. Rates from rare to certain
+  # collisions take each rung; the result is the plain one every time.
+  d, n = 6, 600
+  assert collision.capacity_rungs(n // 2, 'cpu') == (19, 75, 300)
+  fast_fn = jax.jit(collision.hard_collision)
   plain_fn = jax.jit(_hard_collision_columns)
-  for seed in range(4):
+  counts = set()
+  for rate, seed in [(0.02, 0), (0.2, 1), (0.6, 2), (5.0, 3)]:
     kw, kg, k = jax.random.split(jax.random.key(seed), 3)
     w = jax.random.normal(kw, (d, n)) * 0.1
     g = jax.random.normal(kg, (d, n))
-    fast = np.asarray(fast_fn(w, g, k))
+    fast = np.asarray(fast_fn(w, g, rate, k))
     plain = np.asarray(plain_fn(w, g, rate, k))
-    g = np.asarray(g)
-    hit = np.any(plain != g, axis=0)
-    np.testing.assert_array_equal(np.any(fast != g, axis=0), hit)
-    order = np.asarray(jax.random.permutation(jax.random.split(k)[0], n))
-    for a, b in order.reshape(-1, 2):
-      if not hit[a]:
-        continue
-      np.testing.assert_allclose(fast[:, a] + fast[:, b], g[:, a] + g[:, b],
-                                 rtol=1e-5, atol=1e-5)
-      np.testing.assert_allclose(np.linalg.norm(fast[:, a] - fast[:, b]),
-                                 np.linalg.norm(g[:, a] - g[:, b]),
-                                 rtol=1e-5)
+    np.testing.assert_allclose(fast, plain, rtol=1e-5, atol=1e-6)
+    counts.add(int(np.sum(np.any(plain != np.asarray(g), axis=0))) // 2)
+  assert min(counts) <= 19 and 19 < max(counts) <= 300, counts
 
 
-def test_scatter_rows_overflow_falls_back_to_all_pairs():
-  m, d = 6, 4
-  kg, k = jax.random.split(jax.random.key(0))
-  g_i, g_j = jax.random.normal(kg, (2, m, d))
-  speed = jnp.linalg.norm(g_i - g_j, axis=-1)
-  collide = jnp.array([True, False, True, True, False, True])
-  small = collision._scatter_rows(g_i, g_j, speed, collide, k, capacity=2)
-  full = collision._scatter_rows(g_i, g_j, speed, collide, k, capacity=m)
-  want = collision.scatter_pairs(g_i.T, g_j.T, speed, collide, k)
-  for a, b, c in zip(small, full, want):
-    np.testing.assert_allclose(a, c.T, rtol=1e-6)
-    np.testing.assert_allclose(b, c.T, rtol=1e-6)
+def test_colliding_pairs_result_does_not_depend_on_capacity():
+  d, n = 4, 40
+  m = n // 2
+  kg, kc, kp, kk = jax.random.split(jax.random.key(0), 4)
+  g = jax.random.normal(kg, (d, n))
+  order = jax.random.permutation(kp, n)
+  first, second = order[0::2], order[1::2]
+  speed = jnp.linalg.norm(g[:, first] - g[:, second], axis=0)
+  collide = jax.random.uniform(kc, (m,)) < 0.3
+  keys = jax.random.split(kk, m)
+  hits = int(collide.sum())
+  collide_fn = jax.jit(collision._collide_colliding_pairs,
+                       static_argnames='capacity')
+  outs = [np.asarray(collide_fn(g, first, second, speed, collide, keys,
+                                capacity=c))
+          for c in (hits, hits + 3, m)]
+  for out in outs[1:]:
+    np.testing.assert_array_equal(out, outs[0])
+  moved = np.any(outs[0] != np.asarray(g), axis=0)
+  assert moved.sum() == 2 * hits
 
 
-def test_scatter_rows_directions_are_isotropic():
-  m, d = 4000, 3
-  g_i = jnp.zeros((m, d))
-  g_j = jnp.zeros((m, d)).at[:, 0].set(2.0)
-  speed = jnp.full((m,), 2.0)
-  collide = jnp.arange(m) % 2 == 0
-  new_i, _ = collision._scatter_rows(g_i, g_j, speed, collide,
-                                     jax.random.key(3), capacity=m // 2 + 50)
-  u = np.asarray(new_i)[::2] - np.array([1.0, 0.0, 0.0])  # unit directions
+def test_capacity_rungs():
+  assert collision.capacity_rungs(5, 'cpu') == (5,)
+  assert collision.capacity_rungs(256, 'cpu') == (16, 64, 256)
+  assert collision.capacity_rungs(2048, 'cpu') == (32, 128, 512, 2048)
+  assert collision.capacity_rungs(2048, 'gpu') == (2048,)
+
+
+def test_unit_directions_are_isotropic():
+  u = np.asarray(collision.unit_directions(
+      jax.random.split(jax.random.key(3), 4000), 3, jnp.float32))
   np.testing.assert_allclose(np.linalg.norm(u, axis=1), 1.0, rtol=1e-5)
   np.testing.assert_allclose(u.mean(0), 0.0, atol=0.06)
   np.testing.assert_allclose((u ** 2).mean(0), 1.0 / 3, atol=0.03)
-  np.testing.assert_array_equal(np.asarray(new_i)[1::2], 0.0)
