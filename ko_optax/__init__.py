@@ -8,6 +8,7 @@ the learning-rate time step. Each step is an optax transformation; ``ko``
 chains them.
 """
 
+from ko_optax.advection import CollidedAdvectionState
 from ko_optax.advection import kinetic_advection
 from ko_optax.cells import collide_in_cells
 from ko_optax.collision import hard_collision
@@ -28,6 +29,7 @@ from ko_optax.preset import ko
 __version__ = '0.1.0'
 
 __all__ = (
+    'CollidedAdvectionState',
     'Condensation',
     'StochasticCollisionState',
     'ThermalDiffusionState',

@@ -11,12 +11,15 @@ One KO step is one time step of a split Boltzmann-equation solver::
     )
 
 With the collision and the diffusion switched off it is exactly its base
-optimizer (``optax.adam``, ``optax.sgd`` or ``optax.adamw``).
+optimizer (``optax.adam``, ``optax.sgd`` or ``optax.adamw``). With
+``collide_on='velocity'`` the collision moves into the advection step and
+acts on the base's momentum buffer instead of the gradient.
 """
 
 from __future__ import annotations
 
 from typing import Any
+import warnings
 
 import jax
 import optax
@@ -28,6 +31,7 @@ from ko_optax import diffusion
 from ko_optax import particles as particles_lib
 
 COLLISIONS = ('soft', 'hard', None)
+COLLIDE_ON = ('gradient', 'velocity')
 
 
 def _is_python_zero(value: Any) -> bool:
@@ -63,6 +67,7 @@ def ko(
     normalization: str | None = 'norm',
     cell_size: int | None = None,
     cell_groups: int | None = None,
+    collide_on: str = 'gradient',
 ) -> optax.GradientTransformationExtraArgs:
   """The Kinetics-inspired Optimizer (KO): collisions, diffusion, advection.
 
@@ -105,6 +110,11 @@ def ko(
       ``N - 1``. ``stochastic_collision`` keeps the paper's None default.
     threshold, include_self, length_scale, cell_size, cell_groups: the
       collision's options; see :func:`ko_optax.stochastic_collision`.
+    collide_on: ``'gradient'`` (the paper: collide the force before the
+      base optimizer) or ``'velocity'`` (collide the base's momentum buffer,
+      Adam's first moment or SGD's trace, and keep the collided value, as a
+      gas particle keeps its velocity; needs ``base='adam'`` or ``'sgd'``
+      with momentum). See :func:`ko_optax.kinetic_advection`.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; ``update`` needs params
@@ -128,6 +138,7 @@ def ko(
     PDE Simulation Approaches <https://arxiv.org/abs/2505.14777>`_, 2025.
   """
   _checks.check_choice('collision', collision, COLLISIONS)
+  _checks.check_choice('collide_on', collide_on, COLLIDE_ON)
   _checks.check_non_negative('learning_rate', learning_rate)
   _checks.check_non_negative('weight_decay', weight_decay)
   steps = []
@@ -135,13 +146,26 @@ def ko(
   diffuse = not _is_python_zero(temperature)
   if collide or diffuse:
     root = _checks.canonicalize_key(key)
+  collide_velocity = None
   if collide:
-    steps.append(collision_lib.stochastic_collision(
+    collision_step = collision_lib.stochastic_collision(
         collision_rate, mode=collision, key=jax.random.fold_in(root, 0),
         particle_axes=particle_axes, mask=mask, threshold=threshold,
         include_self=include_self, length_scale=length_scale,
         normalization=normalization, cell_size=cell_size,
-        cell_groups=cell_groups))
+        cell_groups=cell_groups)
+    if collide_on == 'gradient':
+      steps.append(collision_step)
+    else:
+      collide_velocity = collision_step
+      if collision == 'hard' and base == 'adam':
+        warnings.warn(
+            "ko(collision='hard', collide_on='velocity', base='adam') is "
+            "unstable: scattering Adam's first moment gives it components "
+            'where the second moment is ~0, and m / sqrt(v) explodes (by '
+            '5e7 x lr within 10 steps on an MLP, docs/benchmarks.md). Use '
+            "collide_on='gradient', collision='soft' or base='sgd'.",
+            stacklevel=2)
   elif collision is not None:
     _checks.check_choice('normalization', normalization,
                          collision_lib.NORMALIZATIONS)
@@ -150,7 +174,7 @@ def ko(
         temperature, key=jax.random.fold_in(root, 1), mask=mask))
   steps.append(advection.kinetic_advection(
       base, b1=b1, b2=b2, eps=eps, eps_root=eps_root, mu_dtype=mu_dtype,
-      momentum=momentum, nesterov=nesterov))
+      momentum=momentum, nesterov=nesterov, collision=collide_velocity))
   if not _is_python_zero(weight_decay):
     steps.append(optax.add_decayed_weights(weight_decay, weight_decay_mask))
   steps.append(optax.scale_by_learning_rate(learning_rate))

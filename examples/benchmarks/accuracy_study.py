@@ -133,7 +133,8 @@ def make_direction(cfg: dict, rate) -> optax.GradientTransformation:
         collision_rate=rate_fn, temperature=cfg.get('temperature', 0.0),
         key=cfg['_seed'], threshold=cfg.get('threshold', 0.0),
         include_self=cfg.get('include_self', False),
-        normalization=cfg.get('normalization'), mask=mask)
+        normalization=cfg.get('normalization'), mask=mask,
+        collide_on=cfg.get('collide_on', 'gradient'))
     return optax.chain(tx, optax.scale(-1.0))  # ko(1.0) ends in * -1.0
   raise ValueError(kind)
 
@@ -175,6 +176,21 @@ def configs(group: str) -> list[dict]:
           dict(name=f'ko_soft_{base}+noise', opt='ko', base=base, lrs=lrs,
                rates=soft_rates, temperature=5e-9),
       ]
+  elif group == 'velocity':
+    # METHOD.md's third open question: collide the base optimizer's
+    # velocity (Adam's first moment, SGD's trace; kept collided in the
+    # state) instead of the gradient. Same grids as the 'main' KO rows.
+    for base, lrs in (('adam', ADAM_LRS), ('sgd', SGD_LRS)):
+      out += [
+          dict(name=f'ko_soft_{base}~velocity', opt='ko', base=base,
+               lrs=lrs, rates=soft_rates, collide_on='velocity'),
+          dict(name=f'ko_hard_{base}~velocity', opt='ko', base=base,
+               collision='hard', lrs=lrs, rates=hard_rates,
+               collide_on='velocity'),
+      ]
+    out.append(dict(name='ko_soft_adam/norm~velocity', opt='ko', base='adam',
+                    lrs=ADAM_LRS, rates=soft_rates, normalization='norm',
+                    collide_on='velocity'))
   elif group == 'stability':
     out += [
         dict(name='ko_soft_adam:big', opt='ko', base='adam', lrs=ADAM_LRS,

@@ -135,7 +135,8 @@ def plot_rates(all_recs, task):
     gain = [(max(np.mean([safe(r['val_acc']) for r in pts[k]])
                  for k in pts if k[1] == rate) - b_val) * 100
             for rate in rates]
-    ax.semilogx(rates, gain, 'o-', label=name)
+    style = 's--' if '~velocity' in name else 'o-'  # velocity: dashed
+    ax.semilogx(rates, gain, style, label=name)
   ax.axhline(0, color='k', lw=0.8)
   ax.set_ylim(-55, 5)
   ax.set_xlabel('collision rate')

@@ -17,6 +17,10 @@ run --task condense_mlp --groups variants --out examples/benchmarks/results/vari
 run --task mnist1d_mlp --groups stability --out examples/benchmarks/results/variants
 run --task mnist1d_mlp --groups variants --only "ko_soft_adam/norm,ko_soft_adam@last" \
   --out examples/benchmarks/results/variants2
+# Collisions on the base's velocity (momentum buffer) instead of the gradient.
+for t in mnist1d_mlp condense_mlp; do
+  run --task $t --groups velocity --out examples/benchmarks/results/velocity
+done
 # CNN tasks, cut to fit the time budget: 800 steps, one run after the other
 # (a vmapped convolution is slow on CPU), and KO at its base's chosen
 # learning rate tuning only the collision rate (the base's grid size).
