@@ -6,7 +6,7 @@
 #
 #   OUT=/some/dir PYTHONPATH=. bash examples/benchmarks/gpu_run.sh
 #
-# About 6-8 minutes on an H100. mnist1d / scikit-learn are not needed: the
+# About 7-9 minutes on an H100. mnist1d / scikit-learn are not needed: the
 # accuracy run uses MNIST-1D if the package is there, a generated task if not.
 set -u
 cd "$(dirname "$0")/../.."
@@ -21,9 +21,9 @@ $PY -c "import jax; print(jax.devices())" >> "$OUT/gpu.txt" 2>&1
 cat "$OUT/gpu.txt"
 
 # 1. Cost: ResNet-18 first (the target), then the other models.
-timeout 240 $PY examples/benchmarks/cost_benchmark.py \
+timeout 300 $PY examples/benchmarks/cost_benchmark.py \
   --models resnet18,transformer,mlp512,cnn --repeats 50 --warmup 5 \
-  --tag gpu --with-v1 --out "$OUT" 2>&1 | tee "$OUT/cost_gpu.txt"
+  --tag gpu --with-v1 --with-rungs --out "$OUT" 2>&1 | tee "$OUT/cost_gpu.txt"
 
 # 2. Scaling of one leaf with N and D.
 timeout 120 $PY examples/benchmarks/collision_scaling.py \
