@@ -51,10 +51,11 @@ def test_sgd_velocity_collision_is_kept_in_the_trace():
   # By hand: t <- collide(g + 0.9 t), and the update is t.
   trace = jax.tree.map(jnp.zeros_like, params)
   cstate = collision.init(params)
+  collide = jax.jit(collision.update)
   moved = 0
   for g, u in zip(grads, got):
     before = jax.tree.map(lambda g, t: g + 0.9 * t, g, trace)
-    trace, cstate = collision.update(before, cstate, params)
+    trace, cstate = collide(before, cstate, params)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5,
                                                          atol=1e-6),
                  u, trace)
