@@ -341,6 +341,9 @@ def main():
   ap.add_argument('--out', default=RESULTS)
   ap.add_argument('--sequential', action='store_true',
                   help='lax.map over runs instead of vmap (CNNs on CPU)')
+  ap.add_argument('--name-suffix', default='',
+                  help='appended to every configuration name (e.g. a rerun '
+                  'of the same configurations on newer code)')
   ap.add_argument('--ko-lr-from-base', action='store_true',
                   help='KO keeps its base optimizer\'s chosen learning rate '
                   'and tunes only the collision rate (same grid size as the '
@@ -366,6 +369,7 @@ def main():
     for cfg in configs(group):
       if only and cfg['name'] not in only:
         continue
+      cfg = dict(cfg, name=cfg['name'] + a.name_suffix)
       rates = cfg.get('rates', (0.0,))
       if cfg['name'] in done:
         continue

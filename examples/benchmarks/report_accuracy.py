@@ -125,7 +125,7 @@ def plot_rates(all_recs, task):
   fig, ax = plt.subplots(figsize=(7, 4))
   for name, rec in recs.items():
     base = base_of(name)
-    if base not in recs:
+    if base not in recs or '@rerun' in name:  # reruns: tables only
       continue
     b_val = np.mean([safe(r['val_acc']) for r in best(recs[base])[1]])
     pts = points(rec)

@@ -21,6 +21,12 @@ run --task mnist1d_mlp --groups variants --only "ko_soft_adam/norm,ko_soft_adam@
 for t in mnist1d_mlp condense_mlp; do
   run --task $t --groups velocity --out examples/benchmarks/results/velocity
 done
+# KO-hard rerun on the current hard collision (per-pair direction keys): same
+# configurations and seeds, other random numbers; a check that the results hold.
+for t in mnist1d_mlp condense_mlp; do
+  run --task $t --only ko_hard_adam,ko_hard_sgd --name-suffix @rerun \
+    --out examples/benchmarks/results/rerun_hard
+done
 # CNN tasks, cut to fit the time budget: 800 steps, one run after the other
 # (a vmapped convolution is slow on CPU), and KO at its base's chosen
 # learning rate tuning only the collision rate (the base's grid size).
