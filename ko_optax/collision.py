@@ -137,6 +137,20 @@ def soft_collision(
 
   Returns:
     The collided velocities, shape and dtype of ``g``.
+
+  Example:
+    Two particles at the same place moving alike push each other apart:
+
+    >>> import jax.numpy as jnp, ko_optax
+    >>> w = jnp.ones((2, 2))                      # columns: two particles
+    >>> g = jnp.array([[1.0, 1.0], [0.0, 0.1]])
+    >>> new = ko_optax.soft_collision(w, g, 0.5)
+    >>> [[round(float(x), 3) for x in row] for row in new]
+    [[0.502, 0.502], [-0.05, 0.1]]
+
+  References:
+    Feng et al., `KO: Kinetics-inspired Neural Optimizer with PDE Simulation
+    Approaches <https://arxiv.org/abs/2505.14777>`_, 2025.
   """
   s = soft_collision_kernel(w, g, threshold, include_self)
   repulsion = jnp.einsum('...dm,...mn->...dn', g, s)
@@ -310,6 +324,29 @@ def hard_collision(
   scattering (:func:`scatter_pairs`, with the same random numbers). O(N D)
   time and memory; directions are drawn and columns moved only for the
   colliding pairs (see :func:`capacity_rungs`).
+
+  Args:
+    w: positions (weights), shape (D, N); columns are particles.
+    g: velocities (gradients), same shape.
+    rate: collision coefficient (>= 0); pairs collide with probability at
+      most ``min(1, rate)``.
+    key: typed PRNG key (pairing, acceptance, directions).
+    length_scale: proximity length L of the acceptance kernel.
+
+  Returns:
+    The velocities after the collisions, shape and dtype of ``g``. Each
+    colliding pair keeps its momentum ``g_i + g_j`` and energy
+    ``|g_i|^2 + |g_j|^2``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, ko_optax
+    >>> w = jax.random.normal(jax.random.key(0), (8, 6))
+    >>> g = jax.random.normal(jax.random.key(1), (8, 6))
+    >>> new = ko_optax.hard_collision(w, g, 1.0, jax.random.key(2))
+    >>> bool(jnp.allclose(new.sum(-1), g.sum(-1), atol=1e-5))  # momentum
+    True
+    >>> bool(jnp.allclose(jnp.sum(new**2), jnp.sum(g**2), rtol=1e-5))  # energy
+    True
   """
   n = g.shape[-1]
   if n < 2:

@@ -13,7 +13,6 @@ import pytest
 
 import ko_optax
 from ko_optax import collision
-from ko_optax import particles
 import reference
 
 

@@ -1,7 +1,5 @@
 """ko(): exactness against its base optimizer and life inside optax."""
 
-import functools
-
 import chex
 import jax
 import jax.numpy as jnp
