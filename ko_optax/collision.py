@@ -312,6 +312,28 @@ def _collide_colliding_pairs(
       jnp.concatenate([centre + half, centre - half], axis=1), mode='drop')
 
 
+def _collide_all_pairs(
+    g: jax.Array, first: jax.Array, second: jax.Array, speed: jax.Array,
+    collide: jax.Array, pair_keys: jax.Array, capacity: int,
+) -> jax.Array:
+  """The top rung of :func:`_collide_colliding_pairs`: every pair, dense.
+
+  Reads all pairs, draws a direction for each, keeps the non-colliding ones
+  with ``where``: no compaction, so it suits accelerators. Same result.
+  """
+  del capacity
+  d = g.shape[0]
+  g_i = jnp.take(g, first, axis=1, unique_indices=True)
+  g_j = jnp.take(g, second, axis=1, unique_indices=True)
+  direction = unit_directions(pair_keys, d, g.dtype).T
+  centre = 0.5 * (g_i + g_j)
+  half = 0.5 * speed[None, :] * direction
+  out = g.at[:, first].set(jnp.where(collide, centre + half, g_i),
+                           unique_indices=True)
+  return out.at[:, second].set(jnp.where(collide, centre - half, g_j),
+                               unique_indices=True)
+
+
 def hard_collision(
     w: jax.Array, g: jax.Array, rate: Any, key: jax.Array, *,
     length_scale: Any = 20.0,
@@ -365,14 +387,15 @@ def hard_collision(
   pair_keys = jax.random.split(scatter_key, m)
   operands = (g, first, second, speed, collide, pair_keys)
   rungs = capacity_rungs(m)
-  if len(rungs) == 1:
-    return _collide_colliding_pairs(*operands, capacity=rungs[0])
+  branches = [functools.partial(_collide_colliding_pairs, capacity=c)
+              for c in rungs[:-1]]
+  branches.append(functools.partial(_collide_all_pairs, capacity=m))
+  if len(branches) == 1:
+    return branches[0](*operands)
   # The smallest rung that holds this step's collisions.
   count = jnp.sum(collide)
   index = sum((count > c).astype(jnp.int32) for c in rungs[:-1])
-  return jax.lax.switch(
-      index, [functools.partial(_collide_colliding_pairs, capacity=c)
-              for c in rungs], *operands)
+  return jax.lax.switch(index, branches, *operands)
 
 
 def _collide_leaf(
