@@ -218,7 +218,13 @@ def scatter_pairs(
   """
   *batch, d, m = g_i.shape
   keys = jax.random.split(key, (*batch, m))
-  n_hat = jnp.swapaxes(unit_directions(keys, d, g_i.dtype), -1, -2)
+  return _scatter(g_i, g_j, relative_speed, collide, keys)
+
+
+def _scatter(g_i, g_j, relative_speed, collide, keys):
+  """:func:`scatter_pairs` with the pairs' keys given, shape (..., M)."""
+  n_hat = jnp.swapaxes(unit_directions(keys, g_i.shape[-2], g_i.dtype),
+                       -1, -2)
   centre = 0.5 * (g_i + g_j)
   half = 0.5 * relative_speed[..., None, :] * n_hat
   collide = collide[..., None, :]
@@ -322,16 +328,11 @@ def _collide_all_pairs(
   with ``where``: no compaction, so it suits accelerators. Same result.
   """
   del capacity
-  d = g.shape[0]
-  g_i = jnp.take(g, first, axis=1, unique_indices=True)
-  g_j = jnp.take(g, second, axis=1, unique_indices=True)
-  direction = unit_directions(pair_keys, d, g.dtype).T
-  centre = 0.5 * (g_i + g_j)
-  half = 0.5 * speed[None, :] * direction
-  out = g.at[:, first].set(jnp.where(collide, centre + half, g_i),
-                           unique_indices=True)
-  return out.at[:, second].set(jnp.where(collide, centre - half, g_j),
-                               unique_indices=True)
+  new_i, new_j = _scatter(jnp.take(g, first, axis=1, unique_indices=True),
+                          jnp.take(g, second, axis=1, unique_indices=True),
+                          speed, collide, pair_keys)
+  out = g.at[:, first].set(new_i, unique_indices=True)
+  return out.at[:, second].set(new_j, unique_indices=True)
 
 
 def hard_collision(
