@@ -13,7 +13,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from optax._src.base import NO_PARAMS_MSG
+
+# optax's message for a transformation called without params (its
+# NO_PARAMS_MSG, which optax does not export).
+NO_PARAMS_MSG = (
+    'You are using a transformation that requires the current value of '
+    'parameters, but you are not passing `params` when calling `update`.')
 
 
 def is_concrete(value: Any) -> bool:

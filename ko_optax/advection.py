@@ -23,8 +23,6 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
-from optax._src import numerics
-from optax._src import utils
 
 from ko_optax import _checks
 
@@ -47,7 +45,7 @@ def _collided_adam(collision, b1, b2, eps, eps_root, mu_dtype, nesterov):
   """``optax.scale_by_adam`` whose first moment collides every step."""
   adam = optax.scale_by_adam(b1=b1, b2=b2, eps=eps, eps_root=eps_root,
                              mu_dtype=mu_dtype, nesterov=nesterov)
-  mu_dtype = utils.canonicalize_dtype(mu_dtype)
+  mu_dtype = None if mu_dtype is None else jax.dtypes.canonicalize_dtype(mu_dtype)
 
   def init_fn(params):
     return CollidedAdvectionState(adam.init(params), collision.init(params))
@@ -60,12 +58,12 @@ def _collided_adam(collision, b1, b2, eps, eps_root, mu_dtype, nesterov):
     mu, collision_state = collision.update(mu, state.collision, params,
                                            **extra_args)
     nu = optax.tree.update_moment_per_elem_norm(updates, base.nu, b2, 2)
-    count_inc = numerics.safe_increment(base.count)
+    count_inc = optax.safe_increment(base.count)
     if nesterov:
       mu_hat = jax.tree.map(
           lambda m, g: b1 * m + (1 - b1) * g,
           optax.tree.bias_correction(mu, b1,
-                                     numerics.safe_increment(count_inc)),
+                                     optax.safe_increment(count_inc)),
           optax.tree.bias_correction(updates, b1, count_inc),
       )
     else:

@@ -51,7 +51,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from optax._src import numerics
 
 from ko_optax import _checks
 from ko_optax import cells as cells_lib
@@ -564,7 +563,7 @@ def stochastic_collision(
     for i, new in zip(active, collided):
       new_leaves[i] = new
     new_state = StochasticCollisionState(
-        count=numerics.safe_increment(state.count), key=next_key)
+        count=optax.safe_increment(state.count), key=next_key)
     return jax.tree.unflatten(treedef, new_leaves), new_state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

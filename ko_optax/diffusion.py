@@ -23,7 +23,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from optax._src import numerics
 
 from ko_optax import _checks
 
@@ -116,7 +115,7 @@ def thermal_diffusion(
     for i, new in zip(active, noisy):
       new_leaves[i] = new
     new_state = ThermalDiffusionState(
-        count=numerics.safe_increment(state.count), key=next_key)
+        count=optax.safe_increment(state.count), key=next_key)
     return jax.tree.unflatten(treedef, new_leaves), new_state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
