@@ -23,6 +23,8 @@ from ko_optax.diagnostics import kinetic_temperature
 from ko_optax.diffusion import thermal_diffusion
 from ko_optax.diffusion import ThermalDiffusionState
 from ko_optax.keys import fold_in_keys
+from ko_optax.particles import flax_particle_axes
+from ko_optax.particles import ParticleSpec
 from ko_optax.particles import resolve_particle_axes
 from ko_optax.preset import ko
 
@@ -31,12 +33,14 @@ __version__ = '0.1.0'
 __all__ = (
     'CollidedAdvectionState',
     'Condensation',
+    'ParticleSpec',
     'StochasticCollisionState',
     'ThermalDiffusionState',
     'collide_in_cells',
     'condensation',
     'condensation_metrics',
     'cosine_matrix',
+    'flax_particle_axes',
     'fold_in_keys',
     'hard_collision',
     'kinetic_advection',

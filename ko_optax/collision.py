@@ -183,49 +183,87 @@ def collision_probability(
   return jnp.clip(p, 0.0, 1.0), relative_speed
 
 
-def unit_directions(keys: jax.Array, d: int, dtype: Any) -> jax.Array:
-  """One uniform random unit vector in R^d per key.
+def uniform_from_bits(bits: jax.Array, dtype: Any) -> jax.Array:
+  """Uniform numbers in [0, 1) from random uint32 words (23 mantissa bits)."""
+  one = jax.lax.bitcast_convert_type(
+      (bits >> 9) | np.uint32(0x3F800000), jnp.float32)
+  return (one - 1.0).astype(dtype)
+
+
+def normal_from_bits(bits: jax.Array, dtype: Any) -> jax.Array:
+  """Standard normal numbers from random uint32 words (inverse-CDF method)."""
+  u = uniform_from_bits(bits, jnp.float32)
+  v = jnp.maximum(2.0 * u - 1.0, np.float32(-1.0 + 2.0**-23))
+  return (np.sqrt(2.0).astype(np.float32) * jax.lax.erf_inv(v)).astype(dtype)
+
+
+def unit_directions(bits: jax.Array, dtype: Any) -> jax.Array:
+  """Uniform random unit vectors from random words (..., D, M): columns.
+
+  Each column holds D standard normal numbers scaled to unit length, which
+  is isotropic on the sphere S^{D-1}.
+  """
+  z = normal_from_bits(bits, dtype)
+  norms = jnp.sqrt(jnp.sum(jnp.square(z), axis=-2, keepdims=True))
+  return z / jnp.where(norms > 0, norms, 1.0)
+
+
+def pair_randomness(key: jax.Array, batch: tuple[int, ...], n: int, d: int,
+                    *, pairing: bool, dtype: Any) -> tuple[
+                        jax.Array | None, jax.Array, jax.Array]:
+  """All the random numbers of one hard-collision step, from ONE draw.
+
+  A DSMC step needs a random pairing of the N particles, one acceptance
+  number per pair and one scattering direction per pair. They are all cut
+  from a single ``jax.random.bits`` call, so each collision compiles one
+  random-number kernel (on CPU, each kernel costs ~0.3 s of compile time).
 
   Args:
-    keys: typed PRNG keys, any shape K.
-    d: the dimension.
-    dtype: float dtype of the result.
+    key: typed PRNG key.
+    batch: leading batch shape (independent blocks sharing the key).
+    n: particles per block (N).
+    d: particle dimension (D).
+    pairing: draw a random pairing of the N particles; otherwise the pairs
+      are the neighbouring columns ``(2k, 2k + 1)``.
+    dtype: float dtype of the uniforms and directions.
 
   Returns:
-    Shape ``K + (d,)``: each vector is ``d`` standard normal numbers drawn
-    from its own key and scaled to unit length (isotropic on the sphere).
+    ``(order, uniforms, directions)``: the particles in pairing order
+    (batch + (N,), or None without ``pairing``; pair k is ``order[2k]``,
+    ``order[2k + 1]``), uniforms batch + (M,) in [0, 1) and unit directions
+    batch + (D, M), with M = N // 2.
   """
-  flat = keys.reshape(-1)
-  z = jax.vmap(lambda k: jax.random.normal(k, (d,), dtype))(flat)
-  z = z.reshape(keys.shape + (d,))
-  norms = jnp.sqrt(jnp.sum(jnp.square(z), axis=-1, keepdims=True))
-  return z / jnp.where(norms > 0, norms, 1.0)
+  m = n // 2
+  words = m * (d + 1) + (2 * n if pairing else 0)
+  bits = jax.random.bits(key, (*batch, words), jnp.uint32)
+  order = None
+  if pairing:
+    # A uniformly random permutation: sort the indices by two random words
+    # (64 random bits; ties are ~n^2 / 2^65 unlikely).
+    hi, lo = bits[..., :n], bits[..., n:2 * n]
+    iota = jax.lax.broadcasted_iota(jnp.int32, hi.shape, hi.ndim - 1)
+    order = jax.lax.sort((hi, lo, iota), dimension=-1, num_keys=2)[2]
+    bits = bits[..., 2 * n:]
+  uniforms = uniform_from_bits(bits[..., :m], dtype)
+  directions = unit_directions(
+      bits[..., m:].reshape(*batch, d, m), dtype)
+  return order, uniforms, directions
 
 
 def scatter_pairs(
     g_i: jax.Array, g_j: jax.Array, relative_speed: jax.Array,
-    collide: jax.Array, key: jax.Array,
+    collide: jax.Array, directions: jax.Array,
 ) -> tuple[jax.Array, jax.Array]:
   """Elastic isotropic scattering of pairs (columns of (..., D, M) arrays).
 
-  Each colliding pair keeps its centre-of-mass velocity and relative speed;
-  the direction of its relative velocity is redrawn uniformly on the sphere.
-  Pair ``k`` draws its direction from its own key,
-  ``jax.random.split(key, (..., M))[..., k]``, so the direction a pair gets
-  does not depend on which other pairs collide: :func:`hard_collision`,
-  which draws only for the colliding pairs, uses the same numbers.
+  Each colliding pair keeps its centre-of-mass velocity ``(g_i + g_j) / 2``
+  and relative speed ``r``; its relative velocity is redrawn along the unit
+  ``direction`` (uniform on the sphere):
+  ``g_i <- v + (r / 2) n``, ``g_j <- v - (r / 2) n``. Pairs with
+  ``collide`` False are returned unchanged.
   """
-  *batch, d, m = g_i.shape
-  keys = jax.random.split(key, (*batch, m))
-  return _scatter(g_i, g_j, relative_speed, collide, keys)
-
-
-def _scatter(g_i, g_j, relative_speed, collide, keys):
-  """:func:`scatter_pairs` with the pairs' keys given, shape (..., M)."""
-  n_hat = jnp.swapaxes(unit_directions(keys, g_i.shape[-2], g_i.dtype),
-                       -1, -2)
   centre = 0.5 * (g_i + g_j)
-  half = 0.5 * relative_speed[..., None, :] * n_hat
+  half = 0.5 * relative_speed[..., None, :] * directions
   collide = collide[..., None, :]
   return (jnp.where(collide, centre + half, g_i),
           jnp.where(collide, centre - half, g_j))
@@ -247,91 +285,19 @@ def hard_collision_pairs(
   Returns:
     The velocities after collisions, same layout as ``g``.
   """
-  pair_shape = g.shape[:-1] + (g.shape[-1] // 2, 2)
+  *batch, d, n = g.shape
+  if n < 2:
+    return g
+  pair_shape = g.shape[:-1] + (n // 2, 2)
   w2 = w.reshape(pair_shape)
   g2 = g.reshape(pair_shape)
   w_i, w_j = w2[..., 0], w2[..., 1]
   g_i, g_j = g2[..., 0], g2[..., 1]
   p, speed = collision_probability(w_i, w_j, g_i, g_j, rate, length_scale)
-  accept_key, scatter_key = jax.random.split(key)
-  collide = jax.random.uniform(accept_key, p.shape, p.dtype) < p
-  g_i, g_j = scatter_pairs(g_i, g_j, speed, collide, scatter_key)
+  _, u, directions = pair_randomness(key, tuple(batch), n, d, pairing=False,
+                                     dtype=g.dtype)
+  g_i, g_j = scatter_pairs(g_i, g_j, speed, u < p, directions)
   return jnp.stack([g_i, g_j], axis=-1).reshape(g.shape)
-
-
-def capacity_rungs(pairs: int, backend: str | None = None) -> tuple[int, ...]:
-  """Static sizes for the number of colliding pairs, smallest first.
-
-  Most pairs do not collide in a step (the acceptance probability is at most
-  the rate, and at the default 0.1 about 2 % of pairs collide on an MLP), so
-  :func:`hard_collision` draws directions and moves memory only for the
-  colliding pairs, padded up to the smallest rung that holds them: ``pairs``
-  divided by 64, 16 and 4 (rungs under 8 are dropped) and ``pairs`` itself.
-  The rung changes only the cost, never the result.
-
-  On GPU and TPU only the top rung is used (no branch): drawing for every
-  pair is cheap there, and a data-dependent branch can cost a device-to-host
-  round trip per leaf and step.
-
-  Args:
-    pairs: the number of pairs M.
-    backend: 'cpu', 'gpu', 'tpu'; None means ``jax.default_backend()``.
-
-  Returns:
-    The capacities, increasing, the last one ``pairs``.
-  """
-  backend = jax.default_backend() if backend is None else backend
-  if backend != 'cpu':
-    return (pairs,)
-  rungs = {pairs}
-  for divisor in (64, 16, 4):
-    rung = -(-pairs // divisor)
-    if rung >= 8:
-      rungs.add(rung)
-  return tuple(sorted(rungs))
-
-
-def _collide_colliding_pairs(
-    g: jax.Array, first: jax.Array, second: jax.Array, speed: jax.Array,
-    collide: jax.Array, pair_keys: jax.Array, capacity: int,
-) -> jax.Array:
-  """Scatters the colliding pairs of ``g`` (D, N), at most ``capacity``.
-
-  The indices of the colliding pairs are compacted to the front (padded with
-  the out-of-range pair ``M``, whose reads give 0 and whose writes are
-  dropped); only their columns are read, given directions and written back.
-  """
-  d, n = g.shape
-  m = speed.shape[0]
-  idx = jnp.nonzero(collide, size=capacity, fill_value=m)[0]
-  cols = jnp.concatenate([first.at[idx].get(mode='fill', fill_value=n),
-                          second.at[idx].get(mode='fill', fill_value=n)])
-  pair = jnp.take(g, cols, axis=1, mode='fill', fill_value=0)
-  g_i, g_j = pair[:, :capacity], pair[:, capacity:]
-  direction = unit_directions(
-      pair_keys.at[jnp.minimum(idx, m - 1)].get(), d, g.dtype).T
-  speed = speed.at[idx].get(mode='fill', fill_value=0)
-  centre = 0.5 * (g_i + g_j)
-  half = 0.5 * speed[None, :] * direction
-  return g.at[:, cols].set(
-      jnp.concatenate([centre + half, centre - half], axis=1), mode='drop')
-
-
-def _collide_all_pairs(
-    g: jax.Array, first: jax.Array, second: jax.Array, speed: jax.Array,
-    collide: jax.Array, pair_keys: jax.Array, capacity: int,
-) -> jax.Array:
-  """The top rung of :func:`_collide_colliding_pairs`: every pair, dense.
-
-  Reads all pairs, draws a direction for each, keeps the non-colliding ones
-  with ``where``: no compaction, so it suits accelerators. Same result.
-  """
-  del capacity
-  new_i, new_j = _scatter(jnp.take(g, first, axis=1, unique_indices=True),
-                          jnp.take(g, second, axis=1, unique_indices=True),
-                          speed, collide, pair_keys)
-  out = g.at[:, first].set(new_i, unique_indices=True)
-  return out.at[:, second].set(new_j, unique_indices=True)
 
 
 def hard_collision(
@@ -343,9 +309,11 @@ def hard_collision(
   Draws a uniformly random perfect pairing of the N particles (one particle
   sits out when N is odd), then collides each pair with the DSMC acceptance
   probability (:func:`collision_probability`) by elastic isotropic
-  scattering (:func:`scatter_pairs`, with the same random numbers). O(N D)
-  time and memory; directions are drawn and columns moved only for the
-  colliding pairs (see :func:`capacity_rungs`).
+  scattering (:func:`scatter_pairs`). O(N D) time and memory, no N x N
+  array, no data-dependent branch and one random-number kernel
+  (:func:`pair_randomness`): every pair draws a direction and the
+  non-colliding ones are kept with ``where``, so the step vectorises over
+  stacked particle systems (``jax.vmap``) and over a user's ensemble alike.
 
   Args:
     w: positions (weights), shape (D, N); columns are particles.
@@ -370,51 +338,38 @@ def hard_collision(
     >>> bool(jnp.allclose(jnp.sum(new**2), jnp.sum(g**2), rtol=1e-5))  # energy
     True
   """
-  n = g.shape[-1]
+  d, n = g.shape
   if n < 2:
     return g
-  perm_key, pair_key = jax.random.split(key)
-  order = jax.random.permutation(perm_key, n)
+  order, u, directions = pair_randomness(key, (), n, d, pairing=True,
+                                         dtype=g.dtype)
   m = n // 2
-  first, second = order[0:2 * m:2], order[1:2 * m:2]
-  # The distances of all pairs read rows of the transposed matrices
-  # (contiguous memory; XLA fuses the gathers into the reductions).
-  wt, gt = w.T, g.T
-  p, speed = collision_probability(wt[first].T, wt[second].T, gt[first].T,
-                                   gt[second].T, rate, length_scale)
-  accept_key, scatter_key = jax.random.split(pair_key)
-  collide = jax.random.uniform(accept_key, p.shape, p.dtype) < p
-  pair_keys = jax.random.split(scatter_key, m)
-  operands = (g, first, second, speed, collide, pair_keys)
-  rungs = capacity_rungs(m)
-  branches = [functools.partial(_collide_colliding_pairs, capacity=c)
-              for c in rungs[:-1]]
-  branches.append(functools.partial(_collide_all_pairs, capacity=m))
-  if len(branches) == 1:
-    return branches[0](*operands)
-  # The smallest rung that holds this step's collisions.
-  count = jnp.sum(collide)
-  index = sum((count > c).astype(jnp.int32) for c in rungs[:-1])
-  return jax.lax.switch(index, branches, *operands)
+  # Particles as rows (contiguous on CPU), in pairing order: pair k is rows
+  # 2k and 2k + 1. One row gather in, one row gather (by the inverse
+  # permutation) out; no scatter.
+  wp, gp = w.T[order], g.T[order]
+  pairs = lambda x: x[:2 * m].reshape(m, 2, d)
+  w2, g2 = pairs(wp), pairs(gp)
+  g_i, g_j = g2[:, 0].T, g2[:, 1].T
+  p, speed = collision_probability(w2[:, 0].T, w2[:, 1].T, g_i, g_j, rate,
+                                   length_scale)
+  new_i, new_j = scatter_pairs(g_i, g_j, speed, u < p, directions)
+  new = jnp.stack([new_i.T, new_j.T], axis=1).reshape(2 * m, d)
+  if n % 2:
+    new = jnp.concatenate([new, gp[2 * m:]])
+  inverse = jnp.zeros_like(order).at[order].set(
+      jnp.arange(n, dtype=order.dtype), unique_indices=True)
+  return new[inverse].T
 
 
-def _collide_leaf(
-    w: jax.Array, g: jax.Array, axes: tuple[int, ...], rate: jax.Array,
-    key: jax.Array, *, mode: str, threshold: Any, include_self: bool,
+def _collide_system(
+    w: jax.Array, g: jax.Array, rate: jax.Array, key: jax.Array, *,
+    mode: str, threshold: Any, include_self: bool,
     normalization: str | None, length_scale: Any, cell_size: int | None,
     cell_groups: int,
 ) -> jax.Array:
-  """Collides the particles of one leaf; returns the new gradient leaf."""
-  if not jnp.issubdtype(g.dtype, jnp.floating):
-    raise TypeError(
-        f'stochastic_collision needs floating-point gradients, got {g.dtype}.'
-        ' Cast the leaf or exclude it with particle_axes / mask.'
-    )
-  dtype = compute_dtype(g.dtype)
-  wp = particles_lib.to_particles(w.astype(dtype), axes)
-  gp = particles_lib.to_particles(g.astype(dtype), axes)
-  rate = jnp.asarray(rate, dtype)
-  n = gp.shape[-1]
+  """Collides one particle system, a (D, N) matrix; returns the new g."""
+  n = g.shape[-1]
   if mode == 'soft':
     collide = lambda w_, g_, k_: soft_collision(
         w_, g_, rate, threshold=threshold, include_self=include_self,
@@ -429,12 +384,100 @@ def _collide_leaf(
       exact = lambda w_, g_: hard_collision(
           w_, g_, rate, key, length_scale=length_scale)
     # Explicitly sharded leaves are gathered for the all-pairs form.
-    new = cells_lib.unsharded(exact, wp, gp)
-  else:
-    new = cells_lib.collide_in_cells(
-        wp, gp, key, collide, cell_size=cell_size, groups=cell_groups,
-        pairs=mode == 'hard')
-  return particles_lib.from_particles(new, axes, g.shape).astype(g.dtype)
+    return cells_lib.unsharded(exact, w, g)
+  return cells_lib.collide_in_cells(
+      w, g, key, collide, cell_size=cell_size, groups=cell_groups,
+      pairs=mode == 'hard')
+
+
+def system_keys(key: jax.Array, shapes: list[tuple[int, int, int]]) -> list[
+    jax.Array]:
+  """One key per particle system, for leaves of particle shapes (B, D, N).
+
+  The step key is split once into as many keys as there are systems in the
+  tree; leaf ``k``'s ``B`` systems take the next ``B`` of them, in leaf
+  order. A system's random numbers thus do not depend on which other leaves
+  it is batched with.
+  """
+  counts = [b for b, _, _ in shapes]
+  keys = jax.random.split(key, max(sum(counts), 1))
+  offsets = np.cumsum([0] + counts)
+  return [keys[offsets[k]:offsets[k + 1]] for k in range(len(counts))]
+
+
+def collide_leaves(
+    w_leaves: list[jax.Array], g_leaves: list[jax.Array],
+    specs: list[particles_lib.ParticleSpec], keys: list[jax.Array],
+    rate: Any, paths: list[str] | None = None, **options: Any,
+) -> list[jax.Array]:
+  """Collides the particles of several leaves, one batched call per shape.
+
+  Leaves whose particle systems share ``(D, N)`` and compute dtype are
+  stacked along their systems and collided by one ``jax.vmap``-ed kernel,
+  so the compiled step holds one collision (one set of random-number
+  kernels) per distinct particle shape, not per leaf: a 48-block GPT
+  compiles as fast as a 1-block one. The result equals colliding each
+  system alone with its key (to float rounding of batched reductions).
+
+  Args:
+    w_leaves, g_leaves: the positions (params) and velocities (gradients).
+    specs: each leaf's normalised :class:`ko_optax.ParticleSpec`.
+    keys: each leaf's system keys (:func:`system_keys`), shape (B,).
+    rate: the collision rate.
+    paths: leaf paths, for error messages.
+    **options: ``mode``, ``threshold``, ``include_self``, ``normalization``,
+      ``length_scale``, ``cell_size``, ``cell_groups`` of
+      :func:`stochastic_collision`.
+
+  Returns:
+    The new gradient leaves, in order.
+  """
+  paths = paths or [f'#{k}' for k in range(len(g_leaves))]
+  groups: dict[Any, list[int]] = {}
+  for k, (g, spec) in enumerate(zip(g_leaves, specs)):
+    if not jnp.issubdtype(g.dtype, jnp.floating):
+      raise TypeError(
+          f'stochastic_collision needs floating-point gradients, got '
+          f'{g.dtype} for leaf {paths[k]}. Cast the leaf or exclude it with '
+          'particle_axes / mask.'
+      )
+    _, d, n = particles_lib.particle_shape(g.shape, spec)
+    sharding = cells_lib._explicit_spec(g) or cells_lib._explicit_spec(
+        w_leaves[k])
+    group = (d, n, jnp.dtype(compute_dtype(g.dtype)), repr(sharding))
+    groups.setdefault(group, []).append(k)
+  out: list[Any] = [None] * len(g_leaves)
+  for (_, _, dtype, sharding), members in groups.items():
+    system = functools.partial(_collide_system, rate=jnp.asarray(rate, dtype),
+                               **options)
+    ws = [particles_lib.to_particles(w_leaves[k].astype(dtype), specs[k])
+          for k in members]
+    gs = [particles_lib.to_particles(g_leaves[k].astype(dtype), specs[k])
+          for k in members]
+    ks = [keys[k] for k in members]
+    sizes = [x.shape[0] for x in gs]
+    if sum(sizes) == 1:
+      new = system(ws[0][0], gs[0][0], key=ks[0][0])[None]
+    elif sharding != 'None':
+      # Explicitly sharded systems keep their own shardings: one by one.
+      new = jnp.concatenate([
+          system(w[b], g[b], key=k[b])[None]
+          for w, g, k in zip(ws, gs, ks) for b in range(g.shape[0])])
+    else:
+      stack = lambda xs: xs[0] if len(xs) == 1 else jnp.concatenate(xs)
+      new = jax.vmap(lambda w, g, k: system(w, g, key=k))(
+          stack(ws), stack(gs), stack(ks))
+    # Materialise the stacked result once: left alone, XLA fuses the
+    # collision's elementwise tail into every leaf's consumer (the base
+    # optimizer's update), and on CPU each copy costs LLVM compile time.
+    new = jax.lax.optimization_barrier(new)
+    start = 0
+    for k, size in zip(members, sizes):
+      leaf = particles_lib.from_particles(
+          new[start:start + size], specs[k], g_leaves[k].shape)
+      out[k] = leaf.astype(g_leaves[k].dtype)
+      start += size
+  return out
 
 
 def stochastic_collision(
@@ -533,20 +576,23 @@ def stochastic_collision(
     rate = collision_rate(state.count) if callable(collision_rate) else (
         collision_rate)
     next_key, step_key = jax.random.split(state.key)
-    leaves, treedef = jax.tree.flatten(updates)
+    leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(updates)
+    leaves = [leaf for _, leaf in leaves_with_path]
     param_leaves = treedef.flatten_up_to(params)
-    axes = particles_lib.resolve_particle_axes(particle_axes, updates, mask)
-    leaf_keys = jax.random.split(step_key, max(len(leaves), 1))
-    active = [i for i, a in enumerate(axes) if a is not None]
+    specs = particles_lib.resolve_particle_axes(particle_axes, updates, mask)
+    active = [i for i, s in enumerate(specs) if s is not None]
+    shapes = [particles_lib.particle_shape(leaves[i].shape, specs[i])
+              for i in active]
+    keys = system_keys(step_key, shapes)
+    paths = [jax.tree_util.keystr(leaves_with_path[i][0]) for i in active]
 
     def collide_all(rate):
-      return [
-          _collide_leaf(
-              param_leaves[i], leaves[i], axes[i], rate, leaf_keys[i],
-              mode=mode, threshold=threshold, include_self=include_self,
-              normalization=normalization, length_scale=length_scale,
-              cell_size=cell_size, cell_groups=cell_groups)
-          for i in active]
+      return collide_leaves(
+          [param_leaves[i] for i in active], [leaves[i] for i in active],
+          [specs[i] for i in active], keys, rate, paths, mode=mode,
+          threshold=threshold, include_self=include_self,
+          normalization=normalization, length_scale=length_scale,
+          cell_size=cell_size, cell_groups=cell_groups)
 
     if _checks.is_concrete(rate):
       if np.any(np.asarray(rate) != 0):

@@ -30,6 +30,10 @@ from ko_optax import particles as particles_lib
 class Condensation(NamedTuple):
   """Condensation metrics of one particle leaf.
 
+  For a leaf with batch axes (a scanned layer stack, see
+  :class:`ko_optax.ParticleSpec`) each field has a leading dimension: one
+  value per particle system (per layer), in the order of the batch axes.
+
   Attributes:
     mean_abs_cos: mean off-diagonal |cosine similarity| of the particles.
     effective_rank: exp of the entropy of the normalised singular values.
@@ -38,9 +42,19 @@ class Condensation(NamedTuple):
   effective_rank: jax.Array
 
 
-def _matrix(leaf: jax.Array, axes: tuple[int, ...]) -> jax.Array:
+def _matrices(leaf: jax.Array, spec: particles_lib.ParticleSpec) -> jax.Array:
+  """The leaf's (B, D, N) particle matrices in the compute dtype."""
   dtype = collision_lib.compute_dtype(leaf.dtype)
-  return particles_lib.to_particles(jnp.asarray(leaf).astype(dtype), axes)
+  return particles_lib.to_particles(jnp.asarray(leaf).astype(dtype), spec)
+
+
+def _per_system(fn, leaf: jax.Array, spec: particles_lib.ParticleSpec):
+  """``fn`` of each system's (D, N) matrix; unbatched leaves give a scalar."""
+  out = jax.vmap(fn)(_matrices(leaf, spec))
+  if not spec.batch_axes:
+    return jax.tree.map(lambda x: x[0], out)
+  batch = tuple(leaf.shape[a] for a in spec.batch_axes)
+  return jax.tree.map(lambda x: x.reshape(batch + x.shape[1:]), out)
 
 
 def cosine_matrix(leaf: jax.Array, particle_axes: Any = -1) -> jax.Array:
@@ -48,16 +62,20 @@ def cosine_matrix(leaf: jax.Array, particle_axes: Any = -1) -> jax.Array:
 
   Args:
     leaf: a parameter array with ndim >= 2.
-    particle_axes: the axis or axes indexing the particles (default: last).
+    particle_axes: the axis or axes indexing the particles (default: last),
+      or a :class:`ko_optax.ParticleSpec`.
 
   Returns:
-    Array (N, N); rows and columns of zero particles are 0.
+    Array (N, N); rows and columns of zero particles are 0. With batch axes:
+    one matrix per system, shape ``(*batch, N, N)``.
   """
-  axes = particles_lib.resolve_particle_axes(particle_axes, leaf)[0]
-  if axes is None:
+  spec = particles_lib.resolve_particle_axes(particle_axes, leaf)[0]
+  if spec is None:
     raise ValueError('cosine_matrix needs a leaf with ndim >= 2.')
-  p_hat, _ = collision_lib.unit_columns(_matrix(leaf, axes))
-  return p_hat.T @ p_hat
+  def cosines(p):
+    p_hat, _ = collision_lib.unit_columns(p)
+    return p_hat.T @ p_hat
+  return _per_system(cosines, leaf, spec)
 
 
 def mean_abs_cos(p: jax.Array) -> jax.Array:
@@ -93,11 +111,13 @@ def condensation(params: Any, *, particle_axes: Any = None) -> Any:
   Args:
     params: a tree of parameters.
     particle_axes: a particle-axes spec (see :mod:`ko_optax.particles`);
-      None: the last axis of every leaf with ndim >= 2.
+      None: :func:`ko_optax.flax_particle_axes`'s rules, as for the
+      collisions.
 
   Returns:
     A tree with the structure of ``params`` whose particle leaves map to a
-    :class:`Condensation` and whose other leaves map to None.
+    :class:`Condensation` (per system for leaves with batch axes) and whose
+    other leaves map to None.
 
   Example:
     >>> import jax.numpy as jnp, ko_optax
@@ -107,15 +127,11 @@ def condensation(params: Any, *, particle_axes: Any = None) -> Any:
     (1.0, None)
   """
   leaves, treedef = jax.tree.flatten(params)
-  axes = particles_lib.resolve_particle_axes(particle_axes, params)
-  out = []
-  for leaf, a in zip(leaves, axes):
-    if a is None:
-      out.append(None)
-    else:
-      p = _matrix(leaf, a)
-      out.append(Condensation(mean_abs_cos(p), effective_rank(p)))
-  return treedef.unflatten(out)
+  specs = particles_lib.resolve_particle_axes(particle_axes, params)
+  metrics = lambda p: Condensation(mean_abs_cos(p), effective_rank(p))
+  return treedef.unflatten([
+      None if spec is None else _per_system(metrics, leaf, spec)
+      for leaf, spec in zip(leaves, specs)])
 
 
 def kinetic_temperature(updates: Any, *, particle_axes: Any = None) -> Any:
@@ -126,13 +142,14 @@ def kinetic_temperature(updates: Any, *, particle_axes: Any = None) -> Any:
     particle_axes: a particle-axes spec; None: the Flax layout.
 
   Returns:
-    A tree with a scalar per particle leaf and None elsewhere.
+    A tree with a scalar per particle leaf (one per system for leaves with
+    batch axes) and None elsewhere.
   """
   leaves, treedef = jax.tree.flatten(updates)
-  axes = particles_lib.resolve_particle_axes(particle_axes, updates)
+  specs = particles_lib.resolve_particle_axes(particle_axes, updates)
   return treedef.unflatten([
-      None if a is None else kinetic_temperature_of(_matrix(leaf, a))
-      for leaf, a in zip(leaves, axes)])
+      None if spec is None else _per_system(kinetic_temperature_of, leaf, spec)
+      for leaf, spec in zip(leaves, specs)])
 
 
 def condensation_metrics(params: Any, *, particle_axes: Any = None,
@@ -146,7 +163,8 @@ def condensation_metrics(params: Any, *, particle_axes: Any = None,
 
   Returns:
     A dict ``{'<path>/mean_abs_cos': scalar, '<path>/effective_rank':
-    scalar}`` with an entry pair per particle leaf (paths as
+    scalar}`` with an entry pair per particle leaf (an array of one value
+    per system for leaves with batch axes; paths as
     ``jax.tree_util.keystr(path, simple=True, separator=separator)``).
 
   Example:

@@ -145,8 +145,8 @@ def hard_step():
     kw, kg = jax.random.split(jax.random.key(123))
     w = jax.random.normal(kw, (d, n))
     g = jax.random.normal(kg, (d, n))
-    perm_key, pair_key = jax.random.split(key)
-    order = jax.random.permutation(perm_key, n)
+    order = collision.pair_randomness(key, (), n, d, pairing=True,
+                                      dtype=g.dtype)[0]
     new = collision.hard_collision(w, g, rate, key, length_scale=20.0)
     return w, g, new, order
   return step
@@ -341,15 +341,3 @@ def test_schedule_is_evaluated_at_the_step_count():
   np.testing.assert_allclose(second, reference.soft_collision(w, g, 0.1),
                              rtol=2e-5, atol=2e-6)
   assert int(state.count) == 2
-
-
-def test_jitted_hard_step_draws_directions_only_for_colliding_pairs():
-  # N = 200 particles make 100 pairs; on CPU the capacity rungs are 25 and
-  # 100 pairs, so the small branch draws (25, 3) directions.
-  params = {'w': jnp.ones((3, 200))}
-  tx = ko_optax.stochastic_collision(0.1, mode='hard')
-  jaxpr = jax.make_jaxpr(jax.jit(tx.update))(params, tx.init(params),
-                                             params).jaxpr
-  shapes = set(_shapes_in_jaxpr(jaxpr))
-  assert collision.capacity_rungs(100) == (25, 100)
-  assert (3, 25) in shapes or (25, 3) in shapes, sorted(shapes)

@@ -1,117 +1,157 @@
-"""Optimised code paths compute what the plain versions computed.
+"""The fast code paths compute the plain maths, and group leaves exactly.
 
-``collision.hard_collision`` reads the paired particles as rows of the
-transposed matrices (contiguous memory) and draws directions and moves
-columns only for the colliding pairs; it must give the same result as the
-plain column version below (the same pairing, the same random numbers, the
-same collisions), up to float rounding of the reductions.
+* ``collision.hard_collision`` (one random-bits draw, row gathers, no
+  scatter) against a NumPy loop over the pairs that uses the same random
+  numbers (``collision.pair_randomness``);
+* ``stochastic_collision`` collides leaves of equal particle shape in one
+  batched call: the result equals colliding each particle system alone with
+  its own key (``collision.system_keys``), for soft, hard and cells;
+* the compiled step holds one random-number kernel per distinct shape, not
+  per leaf.
 """
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import ko_optax
 from ko_optax import collision
+from ko_optax import particles
 
 
-def _hard_collision_columns(w, g, rate, key, length_scale=20.0):
-  """The plain version: column gather, hard_collision_pairs, column scatter."""
-  n = g.shape[-1]
-  if n < 2:
-    return g
-  perm_key, pair_key = jax.random.split(key)
-  order = jax.random.permutation(perm_key, n)
-  paired = order[:n - n % 2]
-  new = collision.hard_collision_pairs(
-      w[:, paired], g[:, paired], rate, pair_key, length_scale=length_scale)
-  return g.at[:, paired].set(new, unique_indices=True)
+def _numpy_hard(w, g, rate, order, u, directions, length_scale=20.0):
+  """DSMC step of (D, N) matrices from given random numbers, pair by pair."""
+  w, g = np.asarray(w, np.float64), np.asarray(g, np.float64)
+  new = g.copy()
+  n = g.shape[1]
+  m = n // 2
+  pairs = [(order[2 * k], order[2 * k + 1]) for k in range(m)]
+  speed = np.array([np.linalg.norm(g[:, i] - g[:, j]) for i, j in pairs])
+  top = speed.max() if m and speed.max() > 0 else 1.0
+  for k, (i, j) in enumerate(pairs):
+    dist = np.linalg.norm(w[:, i] - w[:, j])
+    p = min(1.0, max(0.0, rate * speed[k] / top * np.exp(-dist / length_scale)))
+    if u[k] < p:
+      centre = 0.5 * (g[:, i] + g[:, j])
+      new[:, i] = centre + 0.5 * speed[k] * directions[:, k]
+      new[:, j] = centre - 0.5 * speed[k] * directions[:, k]
+  return new
 
 
-@pytest.mark.parametrize('d, n', [(5, 8), (7, 9), (3, 1)])
-def test_hard_collision_rows_equals_columns(d, n):
+@pytest.mark.parametrize('d, n', [(5, 8), (7, 9), (3, 1), (4, 2)])
+def test_hard_collision_equals_the_numpy_loop(d, n):
   fast_fn = jax.jit(collision.hard_collision)
-  plain_fn = jax.jit(_hard_collision_columns)
+  draw = jax.jit(lambda k: collision.pair_randomness(
+      k, (), n, d, pairing=True, dtype=jnp.float32))
   for rate in (0.0, 0.3, 5.0):
     for seed in range(3):
       kw, kg, k = jax.random.split(jax.random.key(seed), 3)
       w = jax.random.normal(kw, (d, n))
       g = jax.random.normal(kg, (d, n))
-      fast = fast_fn(w, g, rate, k)
-      plain = plain_fn(w, g, rate, k)
+      fast = np.asarray(fast_fn(w, g, rate, k))
+      if n < 2:
+        np.testing.assert_array_equal(fast, g)
+        continue
+      order, u, directions = map(np.asarray, draw(k))
+      assert sorted(order) == list(range(n))       # a permutation
+      plain = _numpy_hard(w, g, rate, order, u, directions)
       np.testing.assert_allclose(fast, plain, rtol=1e-5, atol=1e-6)
-      # The same particles collided.
-      np.testing.assert_array_equal(np.any(fast != g, axis=0),
-                                    np.any(plain != g, axis=0))
 
 
-def test_hard_collision_rows_under_vmap():
-  kw, kg = jax.random.split(jax.random.key(0))
-  w = jax.random.normal(kw, (3, 6, 10))
-  g = jax.random.normal(kg, (3, 6, 10))
-  keys = jax.random.split(jax.random.key(1), 3)
-  fast = jax.jit(jax.vmap(
-      lambda w, g, k: collision.hard_collision(w, g, 2.0, k)))(w, g, keys)
-  plain = jax.jit(jax.vmap(
-      lambda w, g, k: _hard_collision_columns(w, g, 2.0, k)))(w, g, keys)
-  np.testing.assert_allclose(fast, plain, rtol=1e-5, atol=1e-6)
-  assert fast.dtype == jnp.float32
-
-
-def test_hard_collision_many_pairs_equals_columns_at_every_rung():
-  # 300 pairs: capacity rungs 19, 75 and 300. Rates from rare to certain
-  # collisions take each rung; the result is the plain one every time.
-  d, n = 6, 600
-  assert collision.capacity_rungs(n // 2, 'cpu') == (19, 75, 300)
-  fast_fn = jax.jit(collision.hard_collision)
-  plain_fn = jax.jit(_hard_collision_columns)
-  counts = set()
-  for rate, seed in [(0.02, 0), (0.2, 1), (0.6, 2), (5.0, 3)]:
-    kw, kg, k = jax.random.split(jax.random.key(seed), 3)
-    w = jax.random.normal(kw, (d, n)) * 0.1
-    g = jax.random.normal(kg, (d, n))
-    fast = np.asarray(fast_fn(w, g, rate, k))
-    plain = np.asarray(plain_fn(w, g, rate, k))
-    np.testing.assert_allclose(fast, plain, rtol=1e-5, atol=1e-6)
-    counts.add(int(np.sum(np.any(plain != np.asarray(g), axis=0))) // 2)
-  assert min(counts) <= 19 and 19 < max(counts) <= 300, counts
-
-
-def test_colliding_pairs_result_does_not_depend_on_capacity():
-  d, n = 4, 40
-  m = n // 2
-  kg, kc, kp, kk = jax.random.split(jax.random.key(0), 4)
-  g = jax.random.normal(kg, (d, n))
-  order = jax.random.permutation(kp, n)
-  first, second = order[0::2], order[1::2]
-  speed = jnp.linalg.norm(g[:, first] - g[:, second], axis=0)
-  collide = jax.random.uniform(kc, (m,)) < 0.3
-  keys = jax.random.split(kk, m)
-  hits = int(collide.sum())
-  collide_fn = jax.jit(collision._collide_colliding_pairs,
-                       static_argnames='capacity')
-  outs = [np.asarray(collide_fn(g, first, second, speed, collide, keys,
-                                capacity=c))
-          for c in (hits, hits + 3, m)]
-  top = jax.jit(collision._collide_all_pairs, static_argnames='capacity')
-  outs.append(np.asarray(top(
-      g, first, second, speed, collide, keys, capacity=m)))   # the top rung
-  for out in outs[1:]:
-    np.testing.assert_allclose(out, outs[0], rtol=1e-6, atol=1e-7)
-  moved = np.any(outs[0] != np.asarray(g), axis=0)
-  assert moved.sum() == 2 * hits
-
-
-def test_capacity_rungs():
-  assert collision.capacity_rungs(5, 'cpu') == (5,)
-  assert collision.capacity_rungs(256, 'cpu') == (16, 64, 256)
-  assert collision.capacity_rungs(2048, 'cpu') == (32, 128, 512, 2048)
-  assert collision.capacity_rungs(2048, 'gpu') == (2048,)
+def test_hard_collision_pairs_equals_the_numpy_loop():
+  d, n = 6, 10
+  kw, kg, k = jax.random.split(jax.random.key(7), 3)
+  w = jax.random.normal(kw, (2, d, n))
+  g = jax.random.normal(kg, (2, d, n))
+  new = np.asarray(jax.jit(collision.hard_collision_pairs)(w, g, 3.0, k))
+  _, u, directions = map(np.asarray, collision.pair_randomness(
+      k, (2,), n, d, pairing=False, dtype=jnp.float32))
+  for b in range(2):   # each leading block is its own gas
+    plain = _numpy_hard(w[b], g[b], 3.0, np.arange(n), u[b], directions[b])
+    np.testing.assert_allclose(new[b], plain, rtol=1e-5, atol=1e-6)
 
 
 def test_unit_directions_are_isotropic():
-  u = np.asarray(collision.unit_directions(
-      jax.random.split(jax.random.key(3), 4000), 3, jnp.float32))
+  bits = jax.random.bits(jax.random.key(3), (3, 4000), jnp.uint32)
+  u = np.asarray(collision.unit_directions(bits, jnp.float32)).T
   np.testing.assert_allclose(np.linalg.norm(u, axis=1), 1.0, rtol=1e-5)
   np.testing.assert_allclose(u.mean(0), 0.0, atol=0.06)
   np.testing.assert_allclose((u ** 2).mean(0), 1.0 / 3, atol=0.03)
+  z = np.asarray(collision.normal_from_bits(
+      jax.random.bits(jax.random.key(4), (20000,), jnp.uint32), jnp.float32))
+  assert np.all(np.isfinite(z))
+  assert abs(z.mean()) < 0.03 and abs(z.std() - 1.0) < 0.03
+
+
+# Leaves of two particle shapes, several of each, plus a stacked leaf whose
+# systems have the first shape and leaves that do not collide.
+TREE = {
+    'a': jax.random.normal(jax.random.key(0), (6, 10)),
+    'b': jax.random.normal(jax.random.key(1), (6, 10)),
+    'c': jax.random.normal(jax.random.key(2), (2, 3, 10)),
+    'd': jax.random.normal(jax.random.key(3), (4, 6, 10)),
+    'e': jax.random.normal(jax.random.key(4), (5, 7)),
+    'f': jnp.ones(10),
+}
+SPECS = {'a': -1, 'b': -1, 'c': -1, 'd': ko_optax.ParticleSpec(-1, 0),
+         'e': -1, 'f': None}
+GRADS = jax.tree.map(lambda x: jnp.cos(3.0 * x) + 0.1, TREE)
+
+
+@pytest.mark.parametrize('options', [
+    dict(mode='soft', normalization='norm'),
+    dict(mode='hard'),
+    dict(mode='hard', cell_size=4),
+], ids=['soft-norm', 'hard', 'hard-cells'])
+def test_grouped_collision_equals_each_system_alone(options):
+  tx = ko_optax.stochastic_collision(2.0, key=5, particle_axes=SPECS,
+                                     **options)
+  state = tx.init(TREE)
+  grouped, _ = jax.jit(tx.update)(GRADS, state, TREE)
+  # The same step by hand: one system at a time, with the grouped path's keys.
+  _, step_key = jax.random.split(state.key)
+  leaves, treedef = jax.tree.flatten(GRADS)
+  params = treedef.flatten_up_to(TREE)
+  specs = particles.resolve_particle_axes(SPECS, GRADS)
+  active = [i for i, s in enumerate(specs) if s is not None]
+  shapes = [particles.particle_shape(leaves[i].shape, specs[i])
+            for i in active]
+  keys = collision.system_keys(step_key, shapes)
+  full = dict(mode='soft', threshold=0.0, include_self=False,
+              normalization=None, length_scale=20.0, cell_size=None,
+              cell_groups=1)
+  full.update(options)
+  alone = jax.jit(lambda w, g, k: collision._collide_system(
+      w, g, jnp.float32(2.0), k, **full))
+  expected = list(leaves)
+  for i, k in zip(active, keys):
+    w = particles.to_particles(params[i], specs[i])
+    g = particles.to_particles(leaves[i], specs[i])
+    new = jnp.stack([alone(w[b], g[b], k[b]) for b in range(g.shape[0])])
+    expected[i] = particles.from_particles(new, specs[i], leaves[i].shape)
+  expected = treedef.unflatten(expected)
+  for name in TREE:
+    np.testing.assert_allclose(grouped[name], expected[name], rtol=2e-5,
+                               atol=2e-6, err_msg=name)
+  np.testing.assert_array_equal(grouped['f'], GRADS['f'])
+
+
+def _random_bits_calls(jaxpr):
+  count = 0
+  for eqn in jaxpr.eqns:
+    count += eqn.primitive.name in ('random_bits', 'threefry2x32')
+    for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+      count += _random_bits_calls(sub)
+  return count
+
+
+def test_random_kernels_grow_with_shapes_not_leaves():
+  def calls(num_leaves):
+    params = {f'l{i}': jnp.ones((4, 6)) for i in range(num_leaves)}
+    params['other'] = jnp.ones((3, 5))
+    tx = ko_optax.stochastic_collision(0.5, mode='hard')
+    jaxpr = jax.make_jaxpr(tx.update)(params, tx.init(params), params).jaxpr
+    return _random_bits_calls(jaxpr)
+  assert calls(1) == calls(12) > 0

@@ -233,7 +233,7 @@ def test_chain_masked_and_multi_transform():
   labels = {'dense': {'kernel': 'adam', 'bias': 'adam'},
             'conv': {'kernel': 'ko'}}
   tx = optax.multi_transform(
-      {'ko': ko_optax.ko(1e-2, collision_rate=0.5), 'adam': optax.adam(1e-2)},
+      {'ko': ko_optax.ko(1e-2, collision_rate=5.0), 'adam': optax.adam(1e-2)},
       labels)
   ko_out, _ = _run(tx, steps=2)
   adam_out, _ = _run(optax.adam(1e-2), steps=2)

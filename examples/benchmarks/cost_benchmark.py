@@ -62,7 +62,7 @@ def model_zoo():
   return zoo
 
 
-def optimizers(lr=1e-3, with_v1=False, with_rungs=False):
+def optimizers(lr=1e-3, with_v1=False):
   out = {
       'adam': optax.adam(lr),
       'sgd': optax.sgd(lr, momentum=0.9),
@@ -74,27 +74,7 @@ def optimizers(lr=1e-3, with_v1=False, with_rungs=False):
     # The first hard collision (column gathers, directions for every pair),
     # traced with the old function patched in: see profile_hard.py.
     out['ko_hard_v1'] = ko_optax.ko(lr, collision='hard')
-  if with_rungs:
-    # KO-hard with the CPU's capacity rungs (lax.switch on the number of
-    # collisions) forced on any backend: on GPU/TPU the library uses the top
-    # rung only; this row measures that choice.
-    out['ko_hard_rungs'] = ko_optax.ko(lr, collision='hard')
   return out
-
-
-@contextlib.contextmanager
-def cpu_rungs(active):
-  """Traces KO-hard with the capacity rungs chosen as on CPU."""
-  if not active:
-    yield
-    return
-  saved = collision_lib.capacity_rungs
-  collision_lib.capacity_rungs = lambda pairs, backend=None: saved(pairs,
-                                                                   'cpu')
-  try:
-    yield
-  finally:
-    collision_lib.capacity_rungs = saved
 
 
 @contextlib.contextmanager
@@ -112,8 +92,7 @@ def first_hard_collision(active):
     collision_lib.hard_collision = saved
 
 
-def bench_model(name, repeats, warmup, which, with_v1=False,
-                with_rungs=False):
+def bench_model(name, repeats, warmup, which, with_v1=False):
   model, x, classes = model_zoo()[name]
   x = jnp.asarray(x)
   y = jnp.asarray(np.arange(x.shape[0]) % classes)
@@ -126,11 +105,9 @@ def bench_model(name, repeats, warmup, which, with_v1=False,
 
   grads = jax.grad(loss_fn)(params)
   thunks, memory = {}, {}
-  for opt_name, tx in optimizers(with_v1=with_v1,
-                                 with_rungs=with_rungs).items():
+  for opt_name, tx in optimizers(with_v1=with_v1).items():
     v1 = contextlib.ExitStack()
     v1.enter_context(first_hard_collision(opt_name == 'ko_hard_v1'))
-    v1.enter_context(cpu_rungs(opt_name == 'ko_hard_rungs'))
     state = tx.init(params)
 
     def opt_step(p, s, g, tx=tx):
@@ -180,9 +157,6 @@ def main():
   ap.add_argument('--tag', default='cpu')
   ap.add_argument('--with-v1', action='store_true',
                   help='also time the first hard collision (ko_hard_v1)')
-  ap.add_argument('--with-rungs', action='store_true',
-                  help="also time KO-hard with the CPU's capacity rungs "
-                  '(ko_hard_rungs; differs from ko_hard on GPU/TPU only)')
   a = ap.parse_args()
   info = timing.machine()
   print(f'# {info}')
@@ -191,7 +165,7 @@ def main():
   for name in a.models.split(','):
     t0 = time.time()
     new = bench_model(name, a.repeats, a.warmup, a.steps.split(','),
-                      a.with_v1, a.with_rungs)
+                      a.with_v1)
     rows += new
     peak = timing.peak_memory_bytes()
     for r in new:
