@@ -503,15 +503,25 @@ def stochastic_collision(
   the formulas). Leaves with ``ndim < 2`` and leaves excluded by
   ``particle_axes`` or ``mask`` pass through untouched. Needs params.
 
+  Leaves whose particle systems have the same shape (D, N) and dtype are
+  collided together by one batched kernel (``jax.vmap`` over the stacked
+  systems), so compile time grows with the number of distinct shapes, not
+  leaves; the result equals colliding each system alone with its own key
+  (:func:`ko_optax.collision.system_keys`).
+
   Args:
     collision_rate: the collision coefficient gamma_c (float or schedule,
       >= 0). 0 is the identity. The paper's code uses 0.1.
     mode: ``'soft'`` (O(N^2 D) per leaf) or ``'hard'`` (O(N D) per leaf).
     key: int seed or typed ``jax.random.key``; the state carries the key.
-    particle_axes: which axes of each leaf index the particles; None means
-      the last axis of every leaf with ndim >= 2 (Flax layout). An int, a
-      tuple of ints, a tree of those (None: the leaf does not collide), or a
-      callable of the updates returning such a tree. See
+    particle_axes: which axes of each leaf index the particles, as a
+      :class:`ko_optax.ParticleSpec` (particle axes and batch axes: each
+      index of the batch axes, e.g. the layer axis of a scanned stack, is
+      its own gas), an int or tuple of ints (particle axes), a tree of those
+      (None: the leaf does not collide), or a callable of the updates
+      returning such a tree. None means :func:`ko_optax.flax_particle_axes`
+      ``()``: Flax's standard layers by name (kernels collide along their
+      output axes; biases, norm scales and embeddings do not). See
       :mod:`ko_optax.particles`.
     mask: which leaves collide: None (all particle leaves), a tree of bools
       with the structure of the params, or a callable returning one.

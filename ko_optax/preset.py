@@ -101,7 +101,11 @@ def ko(
     weight_decay_mask: ``optax.adamw``'s ``mask`` for the weight decay.
     mask: which leaves KO's collisions and noise act on (tree of bools or
       callable); the advection acts on all leaves.
-    particle_axes: which axes index the neurons of each leaf; see
+    particle_axes: which axes index the neurons of each leaf (a
+      :class:`ko_optax.ParticleSpec`, a tree of them or a callable); None
+      reads Flax's standard layers by name
+      (:func:`ko_optax.flax_particle_axes`). For scanned layer stacks pass
+      ``ko_optax.flax_particle_axes(stacked='<stack name>')``; see
       :func:`ko_optax.stochastic_collision`.
     normalization: soft mode only. ``'norm'`` (the default here) rescales
       each particle's repulsion to ``|g_i|``; None is the paper's plain sum,
