@@ -208,19 +208,25 @@ def unit_directions(bits: jax.Array, dtype: Any) -> jax.Array:
   return z / jnp.where(norms > 0, norms, 1.0)
 
 
-def pair_randomness(key: jax.Array, batch: tuple[int, ...], n: int, d: int,
-                    *, pairing: bool, dtype: Any) -> tuple[
-                        jax.Array | None, jax.Array, jax.Array]:
-  """All the random numbers of one hard-collision step, from ONE draw.
+def pair_words(n: int, d: int, *, pairing: bool) -> int:
+  """Random uint32 words one hard-collision step of N particles needs."""
+  return (n // 2) * (d + 1) + (2 * n if pairing else 0)
+
+
+def pair_randomness(bits: jax.Array, n: int, d: int, *, pairing: bool,
+                    dtype: Any) -> tuple[jax.Array | None, jax.Array,
+                                         jax.Array]:
+  """All the random numbers of one hard-collision step, cut from random words.
 
   A DSMC step needs a random pairing of the N particles, one acceptance
   number per pair and one scattering direction per pair. They are all cut
-  from a single ``jax.random.bits`` call, so each collision compiles one
-  random-number kernel (on CPU, each kernel costs ~0.3 s of compile time).
+  from one array of random uint32 words, so that a whole tree of leaves
+  needs ONE random-number kernel (on XLA:CPU each such kernel costs about
+  0.3 s of compile time).
 
   Args:
-    key: typed PRNG key.
-    batch: leading batch shape (independent blocks sharing the key).
+    bits: uint32 array (..., W) with ``W = pair_words(n, d, pairing)``;
+      the leading axes are independent blocks.
     n: particles per block (N).
     d: particle dimension (D).
     pairing: draw a random pairing of the N particles; otherwise the pairs
@@ -229,13 +235,12 @@ def pair_randomness(key: jax.Array, batch: tuple[int, ...], n: int, d: int,
 
   Returns:
     ``(order, uniforms, directions)``: the particles in pairing order
-    (batch + (N,), or None without ``pairing``; pair k is ``order[2k]``,
-    ``order[2k + 1]``), uniforms batch + (M,) in [0, 1) and unit directions
-    batch + (D, M), with M = N // 2.
+    (..., N), or None without ``pairing`` (pair k is ``order[2k]``,
+    ``order[2k + 1]``); uniforms (..., M) in [0, 1); unit directions
+    (..., D, M), with M = N // 2.
   """
   m = n // 2
-  words = m * (d + 1) + (2 * n if pairing else 0)
-  bits = jax.random.bits(key, (*batch, words), jnp.uint32)
+  batch = bits.shape[:-1]
   order = None
   if pairing:
     # A uniformly random permutation: sort the indices by two random words
@@ -246,7 +251,7 @@ def pair_randomness(key: jax.Array, batch: tuple[int, ...], n: int, d: int,
     bits = bits[..., 2 * n:]
   uniforms = uniform_from_bits(bits[..., :m], dtype)
   directions = unit_directions(
-      bits[..., m:].reshape(*batch, d, m), dtype)
+      bits[..., m:m * (d + 1)].reshape(*batch, d, m), dtype)
   return order, uniforms, directions
 
 
@@ -294,7 +299,9 @@ def hard_collision_pairs(
   w_i, w_j = w2[..., 0], w2[..., 1]
   g_i, g_j = g2[..., 0], g2[..., 1]
   p, speed = collision_probability(w_i, w_j, g_i, g_j, rate, length_scale)
-  _, u, directions = pair_randomness(key, tuple(batch), n, d, pairing=False,
+  bits = jax.random.bits(key, (*batch, pair_words(n, d, pairing=False)),
+                         jnp.uint32)
+  _, u, directions = pair_randomness(bits, n, d, pairing=False,
                                      dtype=g.dtype)
   g_i, g_j = scatter_pairs(g_i, g_j, speed, u < p, directions)
   return jnp.stack([g_i, g_j], axis=-1).reshape(g.shape)
@@ -341,9 +348,36 @@ def hard_collision(
   d, n = g.shape
   if n < 2:
     return g
-  order, u, directions = pair_randomness(key, (), n, d, pairing=True,
+  bits = jax.random.bits(key, (pair_words(n, d, pairing=True),), jnp.uint32)
+  return hard_collision_from_bits(w, g, rate, bits, length_scale=length_scale)
+
+
+def hard_collision_from_bits(
+    w: jax.Array, g: jax.Array, rate: Any, bits: jax.Array, *,
+    length_scale: Any = 20.0,
+) -> jax.Array:
+  """:func:`hard_collision` with its random words given (see
+  :func:`pair_randomness`), shape ``(pair_words(N, D, pairing=True),)``."""
+  d, n = g.shape
+  if n < 2:
+    return g
+  order, u, directions = pair_randomness(bits, n, d, pairing=True,
                                          dtype=g.dtype)
+  return _hard_collision_paired(w, g, rate, order, u, directions,
+                                length_scale=length_scale)
+
+
+def _hard_collision_paired(
+    w: jax.Array, g: jax.Array, rate: Any, order: jax.Array, u: jax.Array,
+    directions: jax.Array, *, length_scale: Any,
+) -> jax.Array:
+  """The DSMC step of (D, N) matrices, given the pairing ``order`` (N,),
+  the acceptance uniforms (M,) and the scattering directions (D, M); the
+  directions need not be unit vectors (they are normalised here)."""
+  d, n = g.shape
   m = n // 2
+  norms = jnp.sqrt(jnp.sum(jnp.square(directions), axis=0, keepdims=True))
+  directions = directions / jnp.where(norms > 0, norms, 1.0)
   # Particles as rows (contiguous on CPU), in pairing order: pair k is rows
   # 2k and 2k + 1. One row gather in, one row gather (by the inverse
   # permutation) out; no scatter.
@@ -362,13 +396,22 @@ def hard_collision(
   return new[inverse].T
 
 
+def _uses_cells(n: int, cell_size: int | None, cell_groups: int) -> bool:
+  return cell_size is not None and not (cell_size >= n and cell_groups == 1)
+
+
 def _collide_system(
-    w: jax.Array, g: jax.Array, rate: jax.Array, key: jax.Array, *,
+    w: jax.Array, g: jax.Array, rate: jax.Array, randomness: Any, *,
     mode: str, threshold: Any, include_self: bool,
     normalization: str | None, length_scale: Any, cell_size: int | None,
     cell_groups: int,
 ) -> jax.Array:
-  """Collides one particle system, a (D, N) matrix; returns the new g."""
+  """Collides one particle system, a (D, N) matrix; returns the new g.
+
+  ``randomness`` is what :func:`system_randomness` gives the system: None
+  (soft), the hard collision's ``(order, uniforms, directions)``, or a key
+  (collision cells).
+  """
   n = g.shape[-1]
   if mode == 'soft':
     collide = lambda w_, g_, k_: soft_collision(
@@ -377,52 +420,142 @@ def _collide_system(
   else:
     collide = lambda w_, g_, k_: hard_collision_pairs(
         w_, g_, rate, k_, length_scale=length_scale)
-  if cell_size is None or (cell_size >= n and cell_groups == 1):
-    if mode == 'soft':
-      exact = lambda w_, g_: collide(w_, g_, key)
-    else:
-      exact = lambda w_, g_: hard_collision(
-          w_, g_, rate, key, length_scale=length_scale)
-    # Explicitly sharded leaves are gathered for the all-pairs form.
-    return cells_lib.unsharded(exact, w, g)
-  return cells_lib.collide_in_cells(
-      w, g, key, collide, cell_size=cell_size, groups=cell_groups,
-      pairs=mode == 'hard')
+  if _uses_cells(n, cell_size, cell_groups):
+    return cells_lib.collide_in_cells(
+        w, g, randomness, collide, cell_size=cell_size, groups=cell_groups,
+        pairs=mode == 'hard')
+  if mode == 'soft':
+    exact = lambda w_, g_: collide(w_, g_, None)
+  else:
+    exact = lambda w_, g_: g_ if g_.shape[-1] < 2 else _hard_collision_paired(
+        w_, g_, rate, *randomness, length_scale=length_scale)
+  # Explicitly sharded leaves are gathered for the all-pairs form.
+  return cells_lib.unsharded(exact, w, g)
 
 
-def system_keys(key: jax.Array, shapes: list[tuple[int, int, int]]) -> list[
-    jax.Array]:
-  """One key per particle system, for leaves of particle shapes (B, D, N).
+def system_randomness(
+    key: jax.Array, shapes: list[tuple[int, int, int]], *, mode: str,
+    cell_size: int | None = None, cell_groups: int = 1,
+) -> list[Any]:
+  """The random input of every particle system of a tree, in leaf order.
 
-  The step key is split once into as many keys as there are systems in the
-  tree; leaf ``k``'s ``B`` systems take the next ``B`` of them, in leaf
-  order. A system's random numbers thus do not depend on which other leaves
-  it is batched with.
+  Args:
+    key: the step's typed key.
+    shapes: each colliding leaf's particle shape ``(B, D, N)``.
+    mode: ``'soft'`` or ``'hard'``.
+    cell_size, cell_groups: the collision cells' settings.
+
+  Returns:
+    Per leaf: None (soft without cells: deterministic), the hard
+    collision's ``(order (B, N), uniforms (B, M), directions (B, D, M))``
+    (without cells; the directions are standard normal, to be normalised),
+    or B typed keys (with cells). A tree's hard collisions draw ONE
+    ``jax.random.bits`` array (cut in leaf order, as :func:`pair_randomness`
+    cuts one system's words), convert it with one sort (all pairings at
+    once, each system's indices sorted inside its own segment), one uniform
+    and one normal conversion; the cells' keys are one split. So a tree
+    compiles a fixed number of random-number kernels, whatever its number
+    of leaves and shapes. A system's numbers depend only on the key and on
+    the shapes of the leaves before it, not on how leaves are grouped.
   """
-  counts = [b for b, _, _ in shapes]
-  keys = jax.random.split(key, max(sum(counts), 1))
-  offsets = np.cumsum([0] + counts)
-  return [keys[offsets[k]:offsets[k + 1]] for k in range(len(counts))]
+  bits_key, cells_key = jax.random.split(key)
+  cells = [_uses_cells(n, cell_size, cell_groups) for _, _, n in shapes]
+  hard = [mode == 'hard' and not c and n >= 2
+          for c, (_, _, n) in zip(cells, shapes)]
+  out: list[Any] = [None] * len(shapes)
+  counts = [b if c else 0 for c, (b, _, _) in zip(cells, shapes)]
+  if sum(counts):
+    keys = jax.random.split(cells_key, sum(counts))
+    starts = np.cumsum([0] + counts)
+    for k, c in enumerate(counts):
+      if c:
+        out[k] = keys[starts[k]:starts[k + 1]]
+  if not any(hard):
+    return out
+  rows = [(k, b, d, n) for k, ((b, d, n), h) in enumerate(zip(shapes, hard))
+          if h]
+  sort_sizes = [b * n for _, b, _, n in rows]
+  u_sizes = [b * (n // 2) for _, b, _, n in rows]
+  dir_sizes = [b * d * (n // 2) for _, b, d, n in rows]
+  t, total_u = sum(sort_sizes), sum(u_sizes)
+  bits = jax.random.bits(bits_key, (2 * t + total_u + sum(dir_sizes),),
+                         jnp.uint32)
+  # Every system's pairing in one sort: segment id first, then 64 random
+  # bits; the payload is the particle's index inside its system.
+  first_system = np.cumsum([0] + [b for _, b, _, _ in rows])
+  segment = np.concatenate([np.repeat(np.arange(b) + first, n) for (
+      _, b, _, n), first in zip(rows, first_system)])
+  local = np.concatenate([np.tile(np.arange(n), b) for _, b, _, n in rows])
+  order = jax.lax.sort(
+      (jnp.asarray(segment, jnp.int32), bits[:t], bits[t:2 * t],
+       jnp.asarray(local, jnp.int32)), num_keys=3)[3]
+  uniforms = uniform_from_bits(bits[2 * t:2 * t + total_u], jnp.float32)
+  normals = normal_from_bits(bits[2 * t + total_u:], jnp.float32)
+  so = uo = do = 0
+  for (k, b, d, n), ss, us, ds in zip(rows, sort_sizes, u_sizes, dir_sizes):
+    m = n // 2
+    out[k] = (order[so:so + ss].reshape(b, n),
+              uniforms[uo:uo + us].reshape(b, m),
+              normals[do:do + ds].reshape(b, d, m))
+    so, uo, do = so + ss, uo + us, do + ds
+  return out
+
+
+# Leaves with the same number of particles N but different dimensions D are
+# collided together, zero-padded to the larger D, while the padded work is at
+# most this factor of the real work: fewer distinct shapes compile faster.
+_MAX_PADDING = 1.5
+
+
+def _merge_groups(groups: dict[Any, list[int]], systems: Any,
+                  options: dict[str, Any]) -> list[tuple[Any, list[int]]]:
+  """Merges groups of one N (and dtype) whose D differ, largest D first.
+
+  Only unsharded groups on the all-pairs path are merged (cells hash the
+  directions with random hyperplanes drawn in D dimensions). ``systems(k)``
+  is leaf k's number of particle systems.
+  """
+  merged: list[tuple[Any, list[int]]] = []
+  open_buckets: dict[Any, tuple[Any, list[int], int, int]] = {}
+  by_size = sorted(groups.items(), key=lambda kv: -kv[0][0])
+  for group, members in by_size:
+    d, n, dtype, sharding = group
+    count = sum(systems(k) for k in members)
+    if sharding != 'None' or _uses_cells(n, options.get('cell_size'),
+                                         options.get('cell_groups', 1)):
+      merged.append((group, members))
+      continue
+    bucket = open_buckets.get((n, dtype))
+    if bucket is not None:
+      top, bucket_members, real, total = bucket
+      if (total + count) * top[0] <= _MAX_PADDING * (real + count * d):
+        open_buckets[(n, dtype)] = (top, bucket_members + members,
+                                    real + count * d, total + count)
+        continue
+      merged.append((top, bucket_members))
+    open_buckets[(n, dtype)] = (group, list(members), count * d, count)
+  merged.extend((top, bucket_members)
+                for top, bucket_members, _, _ in open_buckets.values())
+  return merged
 
 
 def collide_leaves(
     w_leaves: list[jax.Array], g_leaves: list[jax.Array],
-    specs: list[particles_lib.ParticleSpec], keys: list[jax.Array],
+    specs: list[particles_lib.ParticleSpec], randomness: list[Any],
     rate: Any, paths: list[str] | None = None, **options: Any,
 ) -> list[jax.Array]:
   """Collides the particles of several leaves, one batched call per shape.
 
   Leaves whose particle systems share ``(D, N)`` and compute dtype are
   stacked along their systems and collided by one ``jax.vmap``-ed kernel,
-  so the compiled step holds one collision (one set of random-number
-  kernels) per distinct particle shape, not per leaf: a 48-block GPT
-  compiles as fast as a 1-block one. The result equals colliding each
-  system alone with its key (to float rounding of batched reductions).
+  so the compiled step holds one collision per distinct particle shape,
+  not per leaf. The result equals colliding each system alone with its
+  random input (to float rounding of batched reductions).
 
   Args:
     w_leaves, g_leaves: the positions (params) and velocities (gradients).
     specs: each leaf's normalised :class:`ko_optax.ParticleSpec`.
-    keys: each leaf's system keys (:func:`system_keys`), shape (B,).
+    randomness: each leaf's :func:`system_randomness`.
     rate: the collision rate.
     paths: leaf paths, for error messages.
     **options: ``mode``, ``threshold``, ``include_self``, ``normalization``,
@@ -442,39 +575,46 @@ def collide_leaves(
           'particle_axes / mask.'
       )
     _, d, n = particles_lib.particle_shape(g.shape, spec)
-    sharding = cells_lib._explicit_spec(g) or cells_lib._explicit_spec(
+    sharding = cells_lib._explicit_spec(g) or cells_lib._explicit_spec(  # pylint: disable=protected-access
         w_leaves[k])
     group = (d, n, jnp.dtype(compute_dtype(g.dtype)), repr(sharding))
     groups.setdefault(group, []).append(k)
   out: list[Any] = [None] * len(g_leaves)
-  for (_, _, dtype, sharding), members in groups.items():
+  for (d, _, dtype, sharding), members in _merge_groups(
+      groups, lambda k: particles_lib.particle_shape(
+          g_leaves[k].shape, specs[k])[0], options):
     system = functools.partial(_collide_system, rate=jnp.asarray(rate, dtype),
                                **options)
-    ws = [particles_lib.to_particles(w_leaves[k].astype(dtype), specs[k])
+    # Zero particle dimensions up to the group's D change nothing: norms,
+    # cosines, distances and speeds are the same, and a padded dimension of
+    # a velocity stays 0 (so do the padded directions, drawn in D alone).
+    pad = lambda x, axis=1: x if x.shape[axis] == d else jnp.pad(
+        x, [(0, d - x.shape[axis]) if a == axis else (0, 0)
+            for a in range(x.ndim)])
+    ws = [pad(particles_lib.to_particles(w_leaves[k].astype(dtype), specs[k]))
           for k in members]
-    gs = [particles_lib.to_particles(g_leaves[k].astype(dtype), specs[k])
+    gs = [pad(particles_lib.to_particles(g_leaves[k].astype(dtype), specs[k]))
           for k in members]
-    ks = [keys[k] for k in members]
+    rs = [randomness[k] if not isinstance(randomness[k], tuple) else
+          randomness[k][:2] + (pad(randomness[k][2]),) for k in members]
     sizes = [x.shape[0] for x in gs]
+    pick = lambda r, b: jax.tree.map(lambda x: x[b], r)
     if sum(sizes) == 1:
-      new = system(ws[0][0], gs[0][0], key=ks[0][0])[None]
+      new = system(ws[0][0], gs[0][0], randomness=pick(rs[0], 0))[None]
     elif sharding != 'None':
       # Explicitly sharded systems keep their own shardings: one by one.
       new = jnp.concatenate([
-          system(w[b], g[b], key=k[b])[None]
-          for w, g, k in zip(ws, gs, ks) for b in range(g.shape[0])])
+          system(w[b], g[b], randomness=pick(r, b))[None]
+          for w, g, r in zip(ws, gs, rs) for b in range(g.shape[0])])
     else:
-      stack = lambda xs: xs[0] if len(xs) == 1 else jnp.concatenate(xs)
-      new = jax.vmap(lambda w, g, k: system(w, g, key=k))(
-          stack(ws), stack(gs), stack(ks))
-    # Materialise the stacked result once: left alone, XLA fuses the
-    # collision's elementwise tail into every leaf's consumer (the base
-    # optimizer's update), and on CPU each copy costs LLVM compile time.
-    new = jax.lax.optimization_barrier(new)
+      stack = lambda *xs: xs[0] if len(xs) == 1 else jnp.concatenate(xs)
+      new = jax.vmap(lambda w, g, r: system(w, g, randomness=r))(
+          stack(*ws), stack(*gs), jax.tree.map(stack, *rs))
     start = 0
     for k, size in zip(members, sizes):
+      leaf_d = particles_lib.particle_shape(g_leaves[k].shape, specs[k])[1]
       leaf = particles_lib.from_particles(
-          new[start:start + size], specs[k], g_leaves[k].shape)
+          new[start:start + size, :leaf_d], specs[k], g_leaves[k].shape)
       out[k] = leaf.astype(g_leaves[k].dtype)
       start += size
   return out
@@ -506,8 +646,9 @@ def stochastic_collision(
   Leaves whose particle systems have the same shape (D, N) and dtype are
   collided together by one batched kernel (``jax.vmap`` over the stacked
   systems), so compile time grows with the number of distinct shapes, not
-  leaves; the result equals colliding each system alone with its own key
-  (:func:`ko_optax.collision.system_keys`).
+  leaves; the random numbers of all of them are one draw
+  (``collision.system_randomness``), and the result equals colliding each
+  system alone with its share of that draw.
 
   Args:
     collision_rate: the collision coefficient gamma_c (float or schedule,
@@ -593,13 +734,15 @@ def stochastic_collision(
     active = [i for i, s in enumerate(specs) if s is not None]
     shapes = [particles_lib.particle_shape(leaves[i].shape, specs[i])
               for i in active]
-    keys = system_keys(step_key, shapes)
+    randomness = system_randomness(step_key, shapes, mode=mode,
+                                   cell_size=cell_size,
+                                   cell_groups=cell_groups)
     paths = [jax.tree_util.keystr(leaves_with_path[i][0]) for i in active]
 
     def collide_all(rate):
       return collide_leaves(
           [param_leaves[i] for i in active], [leaves[i] for i in active],
-          [specs[i] for i in active], keys, rate, paths, mode=mode,
+          [specs[i] for i in active], randomness, rate, paths, mode=mode,
           threshold=threshold, include_self=include_self,
           normalization=normalization, length_scale=length_scale,
           cell_size=cell_size, cell_groups=cell_groups)

@@ -5,9 +5,10 @@
   numbers (``collision.pair_randomness``);
 * ``stochastic_collision`` collides leaves of equal particle shape in one
   batched call: the result equals colliding each particle system alone with
-  its own key (``collision.system_keys``), for soft, hard and cells;
-* the compiled step holds one random-number kernel per distinct shape, not
-  per leaf.
+  its own share of the step's random numbers
+  (``collision.system_randomness``), for soft, hard and cells;
+* the compiled step holds one random-number draw, whatever the number of
+  leaves and shapes.
 """
 
 import jax
@@ -44,7 +45,8 @@ def _numpy_hard(w, g, rate, order, u, directions, length_scale=20.0):
 def test_hard_collision_equals_the_numpy_loop(d, n):
   fast_fn = jax.jit(collision.hard_collision)
   draw = jax.jit(lambda k: collision.pair_randomness(
-      k, (), n, d, pairing=True, dtype=jnp.float32))
+      jax.random.bits(k, (collision.pair_words(n, d, pairing=True),),
+                      jnp.uint32), n, d, pairing=True, dtype=jnp.float32))
   for rate in (0.0, 0.3, 5.0):
     for seed in range(3):
       kw, kg, k = jax.random.split(jax.random.key(seed), 3)
@@ -66,8 +68,10 @@ def test_hard_collision_pairs_equals_the_numpy_loop():
   w = jax.random.normal(kw, (2, d, n))
   g = jax.random.normal(kg, (2, d, n))
   new = np.asarray(jax.jit(collision.hard_collision_pairs)(w, g, 3.0, k))
+  bits = jax.random.bits(k, (2, collision.pair_words(n, d, pairing=False)),
+                         jnp.uint32)
   _, u, directions = map(np.asarray, collision.pair_randomness(
-      k, (2,), n, d, pairing=False, dtype=jnp.float32))
+      bits, n, d, pairing=False, dtype=jnp.float32))
   for b in range(2):   # each leading block is its own gas
     plain = _numpy_hard(w[b], g[b], 3.0, np.arange(n), u[b], directions[b])
     np.testing.assert_allclose(new[b], plain, rtol=1e-5, atol=1e-6)
@@ -85,8 +89,9 @@ def test_unit_directions_are_isotropic():
   assert abs(z.mean()) < 0.03 and abs(z.std() - 1.0) < 0.03
 
 
-# Leaves of two particle shapes, several of each, plus a stacked leaf whose
-# systems have the first shape and leaves that do not collide.
+# Leaves of two particle shapes, several of each, a stacked leaf whose
+# systems have the first shape, a leaf with the first N and a smaller D (it
+# is collided with them, zero-padded) and leaves that do not collide.
 TREE = {
     'a': jax.random.normal(jax.random.key(0), (6, 10)),
     'b': jax.random.normal(jax.random.key(1), (6, 10)),
@@ -94,9 +99,10 @@ TREE = {
     'd': jax.random.normal(jax.random.key(3), (4, 6, 10)),
     'e': jax.random.normal(jax.random.key(4), (5, 7)),
     'f': jnp.ones(10),
+    'g': jax.random.normal(jax.random.key(5), (4, 10)),  # zero-padded to D=6
 }
 SPECS = {'a': -1, 'b': -1, 'c': -1, 'd': ko_optax.ParticleSpec(-1, 0),
-         'e': -1, 'f': None}
+         'e': -1, 'f': None, 'g': -1}
 GRADS = jax.tree.map(lambda x: jnp.cos(3.0 * x) + 0.1, TREE)
 
 
@@ -118,18 +124,21 @@ def test_grouped_collision_equals_each_system_alone(options):
   active = [i for i, s in enumerate(specs) if s is not None]
   shapes = [particles.particle_shape(leaves[i].shape, specs[i])
             for i in active]
-  keys = collision.system_keys(step_key, shapes)
   full = dict(mode='soft', threshold=0.0, include_self=False,
               normalization=None, length_scale=20.0, cell_size=None,
               cell_groups=1)
   full.update(options)
+  randomness = collision.system_randomness(
+      step_key, shapes, mode=full['mode'], cell_size=full['cell_size'],
+      cell_groups=full['cell_groups'])
   alone = jax.jit(lambda w, g, k: collision._collide_system(
       w, g, jnp.float32(2.0), k, **full))
   expected = list(leaves)
-  for i, k in zip(active, keys):
+  for i, r in zip(active, randomness):
     w = particles.to_particles(params[i], specs[i])
     g = particles.to_particles(leaves[i], specs[i])
-    new = jnp.stack([alone(w[b], g[b], k[b]) for b in range(g.shape[0])])
+    new = jnp.stack([alone(w[b], g[b], jax.tree.map(lambda x: x[b], r))
+                     for b in range(g.shape[0])])
     expected[i] = particles.from_particles(new, specs[i], leaves[i].shape)
   expected = treedef.unflatten(expected)
   for name in TREE:
@@ -147,11 +156,32 @@ def _random_bits_calls(jaxpr):
   return count
 
 
-def test_random_kernels_grow_with_shapes_not_leaves():
-  def calls(num_leaves):
-    params = {f'l{i}': jnp.ones((4, 6)) for i in range(num_leaves)}
-    params['other'] = jnp.ones((3, 5))
+def test_one_random_draw_whatever_the_leaves_and_shapes():
+  def calls(num_leaves, shapes):
+    params = {f'l{i}_{j}': jnp.ones(s) for i in range(num_leaves)
+              for j, s in enumerate(shapes)}
     tx = ko_optax.stochastic_collision(0.5, mode='hard')
     jaxpr = jax.make_jaxpr(tx.update)(params, tx.init(params), params).jaxpr
     return _random_bits_calls(jaxpr)
-  assert calls(1) == calls(12) > 0
+  one = calls(1, [(4, 6)])
+  assert one > 0
+  assert calls(12, [(4, 6), (3, 5), (2, 2, 7)]) == one
+
+
+def test_groups_of_one_n_merge_only_while_padding_is_cheap():
+  f32 = np.dtype('float32')
+  options = {'cell_size': None, 'cell_groups': 1}
+  # ResNet-like: one stem conv (D=27) and four 3x3 convs (D=144) of N=16.
+  groups = {(144, 16, f32, 'None'): [1, 2, 3, 4], (27, 16, f32, 'None'): [0]}
+  merged = collision._merge_groups(groups, lambda k: 1, options)
+  assert merged == [((144, 16, f32, 'None'), [1, 2, 3, 4, 0])]
+  # GPT-like: 4 (128 x 128) projections and one (512 x 128) MLP kernel per
+  # block: padding the projections to D=512 would be 2.5x the work.
+  groups = {(128, 128, f32, 'None'): list(range(48)),
+            (512, 128, f32, 'None'): list(range(48, 60))}
+  assert len(collision._merge_groups(groups, lambda k: 1, options)) == 2
+  # Collision cells hash in D dimensions: never padded.
+  cells = {'cell_size': 4, 'cell_groups': 1}
+  assert len(collision._merge_groups(
+      {(144, 16, f32, 'None'): [1], (27, 16, f32, 'None'): [0]},
+      lambda k: 1, cells)) == 2
