@@ -408,7 +408,7 @@ def _collide_system(
 ) -> jax.Array:
   """Collides one particle system, a (D, N) matrix; returns the new g.
 
-  ``randomness`` is what :func:`system_randomness` gives the system: None
+  ``randomness`` is the system's share of :func:`group_randomness`: None
   (soft), the hard collision's ``(order, uniforms, directions)``, or a key
   (collision cells).
   """
@@ -433,140 +433,53 @@ def _collide_system(
   return cells_lib.unsharded(exact, w, g)
 
 
-def system_randomness(
-    key: jax.Array, shapes: list[tuple[int, int, int]], *, mode: str,
-    cell_size: int | None = None, cell_groups: int = 1,
-) -> list[Any]:
-  """The random input of every particle system of a tree, in leaf order.
-
-  Args:
-    key: the step's typed key.
-    shapes: each colliding leaf's particle shape ``(B, D, N)``.
-    mode: ``'soft'`` or ``'hard'``.
-    cell_size, cell_groups: the collision cells' settings.
-
-  Returns:
-    Per leaf: None (soft without cells: deterministic), the hard
-    collision's ``(order (B, N), uniforms (B, M), directions (B, D, M))``
-    (without cells; the directions are standard normal, to be normalised),
-    or B typed keys (with cells). A tree's hard collisions draw ONE
-    ``jax.random.bits`` array (cut in leaf order, as :func:`pair_randomness`
-    cuts one system's words), convert it with one sort (all pairings at
-    once, each system's indices sorted inside its own segment), one uniform
-    and one normal conversion; the cells' keys are one split. So a tree
-    compiles a fixed number of random-number kernels, whatever its number
-    of leaves and shapes. A system's numbers depend only on the key and on
-    the shapes of the leaves before it, not on how leaves are grouped.
-  """
-  bits_key, cells_key = jax.random.split(key)
-  cells = [_uses_cells(n, cell_size, cell_groups) for _, _, n in shapes]
-  hard = [mode == 'hard' and not c and n >= 2
-          for c, (_, _, n) in zip(cells, shapes)]
-  out: list[Any] = [None] * len(shapes)
-  counts = [b if c else 0 for c, (b, _, _) in zip(cells, shapes)]
-  if sum(counts):
-    keys = jax.random.split(cells_key, sum(counts))
-    starts = np.cumsum([0] + counts)
-    for k, c in enumerate(counts):
-      if c:
-        out[k] = keys[starts[k]:starts[k + 1]]
-  if not any(hard):
-    return out
-  rows = [(k, b, d, n) for k, ((b, d, n), h) in enumerate(zip(shapes, hard))
-          if h]
-  sort_sizes = [b * n for _, b, _, n in rows]
-  u_sizes = [b * (n // 2) for _, b, _, n in rows]
-  dir_sizes = [b * d * (n // 2) for _, b, d, n in rows]
-  t, total_u = sum(sort_sizes), sum(u_sizes)
-  bits = jax.random.bits(bits_key, (2 * t + total_u + sum(dir_sizes),),
-                         jnp.uint32)
-  # Every system's pairing in one sort: segment id first, then 64 random
-  # bits; the payload is the particle's index inside its system.
-  first_system = np.cumsum([0] + [b for _, b, _, _ in rows])
-  segment = np.concatenate([np.repeat(np.arange(b) + first, n) for (
-      _, b, _, n), first in zip(rows, first_system)])
-  local = np.concatenate([np.tile(np.arange(n), b) for _, b, _, n in rows])
-  order = jax.lax.sort(
-      (jnp.asarray(segment, jnp.int32), bits[:t], bits[t:2 * t],
-       jnp.asarray(local, jnp.int32)), num_keys=3)[3]
-  uniforms = uniform_from_bits(bits[2 * t:2 * t + total_u], jnp.float32)
-  normals = normal_from_bits(bits[2 * t + total_u:], jnp.float32)
-  so = uo = do = 0
-  for (k, b, d, n), ss, us, ds in zip(rows, sort_sizes, u_sizes, dir_sizes):
-    m = n // 2
-    out[k] = (order[so:so + ss].reshape(b, n),
-              uniforms[uo:uo + us].reshape(b, m),
-              normals[do:do + ds].reshape(b, d, m))
-    so, uo, do = so + ss, uo + us, do + ds
-  return out
-
-
 # Leaves with the same number of particles N but different dimensions D are
 # collided together, zero-padded to the larger D, while the padded work is at
 # most this factor of the real work: fewer distinct shapes compile faster.
 _MAX_PADDING = 1.5
 
 
-def _merge_groups(groups: dict[Any, list[int]], systems: Any,
-                  options: dict[str, Any]) -> list[tuple[Any, list[int]]]:
-  """Merges groups of one N (and dtype) whose D differ, largest D first.
+class CollisionGroup(NamedTuple):
+  """Leaves collided together by one batched call.
 
-  Only unsharded groups on the all-pairs path are merged (cells hash the
-  directions with random hyperplanes drawn in D dimensions). ``systems(k)``
-  is leaf k's number of particle systems.
+  Attributes:
+    d: the particle dimension of the group (the largest of its leaves').
+    n: particles per system.
+    dtype: the compute dtype.
+    sharding: ``repr`` of the leaves' explicit sharding, ``'None'`` if none.
+    members: indices of the leaves, in stacking order.
+    systems: each member's number of systems B.
+    dims: each member's own particle dimension (<= d).
   """
-  merged: list[tuple[Any, list[int]]] = []
-  open_buckets: dict[Any, tuple[Any, list[int], int, int]] = {}
-  by_size = sorted(groups.items(), key=lambda kv: -kv[0][0])
-  for group, members in by_size:
-    d, n, dtype, sharding = group
-    count = sum(systems(k) for k in members)
-    if sharding != 'None' or _uses_cells(n, options.get('cell_size'),
-                                         options.get('cell_groups', 1)):
-      merged.append((group, members))
-      continue
-    bucket = open_buckets.get((n, dtype))
-    if bucket is not None:
-      top, bucket_members, real, total = bucket
-      if (total + count) * top[0] <= _MAX_PADDING * (real + count * d):
-        open_buckets[(n, dtype)] = (top, bucket_members + members,
-                                    real + count * d, total + count)
-        continue
-      merged.append((top, bucket_members))
-    open_buckets[(n, dtype)] = (group, list(members), count * d, count)
-  merged.extend((top, bucket_members)
-                for top, bucket_members, _, _ in open_buckets.values())
-  return merged
+  d: int
+  n: int
+  dtype: Any
+  sharding: str
+  members: tuple[int, ...]
+  systems: tuple[int, ...]
+  dims: tuple[int, ...]
 
 
-def collide_leaves(
-    w_leaves: list[jax.Array], g_leaves: list[jax.Array],
-    specs: list[particles_lib.ParticleSpec], randomness: list[Any],
-    rate: Any, paths: list[str] | None = None, **options: Any,
-) -> list[jax.Array]:
-  """Collides the particles of several leaves, one batched call per shape.
+def plan_groups(g_leaves: list[jax.Array],
+                specs: list[particles_lib.ParticleSpec],
+                cell_size: int | None = None, cell_groups: int = 1,
+                paths: list[str] | None = None) -> list[CollisionGroup]:
+  """Groups colliding leaves by particle shape, dtype and sharding.
 
-  Leaves whose particle systems share ``(D, N)`` and compute dtype are
-  stacked along their systems and collided by one ``jax.vmap``-ed kernel,
-  so the compiled step holds one collision per distinct particle shape,
-  not per leaf. The result equals colliding each system alone with its
-  random input (to float rounding of batched reductions).
+  Leaves whose systems share ``(D, N)``, the compute dtype and their
+  explicit sharding form a group. Unsharded groups of one N on the
+  all-pairs path are then merged, largest D first, while zero-padding them
+  to the larger D costs at most ``_MAX_PADDING`` times their work (a
+  ResNet's 12 conv shapes become 5 groups; a transformer's 128-wide
+  projections are not padded to its 512-wide MLP kernels). Collision cells
+  hash in D dimensions, so their groups are never padded.
 
-  Args:
-    w_leaves, g_leaves: the positions (params) and velocities (gradients).
-    specs: each leaf's normalised :class:`ko_optax.ParticleSpec`.
-    randomness: each leaf's :func:`system_randomness`.
-    rate: the collision rate.
-    paths: leaf paths, for error messages.
-    **options: ``mode``, ``threshold``, ``include_self``, ``normalization``,
-      ``length_scale``, ``cell_size``, ``cell_groups`` of
-      :func:`stochastic_collision`.
-
-  Returns:
-    The new gradient leaves, in order.
+  Raises:
+    TypeError: for a leaf that is not floating point, naming it.
   """
   paths = paths or [f'#{k}' for k in range(len(g_leaves))]
-  groups: dict[Any, list[int]] = {}
+  exact: dict[Any, list[int]] = {}
+  shape = {}
   for k, (g, spec) in enumerate(zip(g_leaves, specs)):
     if not jnp.issubdtype(g.dtype, jnp.floating):
       raise TypeError(
@@ -574,45 +487,152 @@ def collide_leaves(
           f'{g.dtype} for leaf {paths[k]}. Cast the leaf or exclude it with '
           'particle_axes / mask.'
       )
-    _, d, n = particles_lib.particle_shape(g.shape, spec)
-    sharding = cells_lib._explicit_spec(g) or cells_lib._explicit_spec(  # pylint: disable=protected-access
-        w_leaves[k])
-    group = (d, n, jnp.dtype(compute_dtype(g.dtype)), repr(sharding))
-    groups.setdefault(group, []).append(k)
+    shape[k] = particles_lib.particle_shape(g.shape, spec)
+    sharding = repr(cells_lib._explicit_spec(g))  # pylint: disable=protected-access
+    _, d, n = shape[k]
+    exact.setdefault((d, n, jnp.dtype(compute_dtype(g.dtype)), sharding),
+                     []).append(k)
+  groups: list[list[Any]] = []
+  buckets: dict[Any, list[Any]] = {}
+  for (d, n, dtype, sharding), members in sorted(
+      exact.items(), key=lambda kv: (-kv[0][0], kv[0][1], str(kv[0][2]))):
+    count = sum(shape[k][0] for k in members)
+    group = [d, n, dtype, sharding, list(members), count * d, count]
+    if sharding != 'None' or _uses_cells(n, cell_size, cell_groups):
+      groups.append(group)
+      continue
+    bucket = buckets.get((n, dtype))
+    if bucket is not None and (bucket[6] + count) * bucket[0] <= (
+        _MAX_PADDING * (bucket[5] + count * d)):
+      bucket[4] += members
+      bucket[5] += count * d
+      bucket[6] += count
+      continue
+    buckets[(n, dtype)] = group
+    groups.append(group)
+  return [CollisionGroup(d, n, dtype, sharding, tuple(members),
+                         tuple(shape[k][0] for k in members),
+                         tuple(shape[k][1] for k in members))
+          for d, n, dtype, sharding, members, _, _ in groups]
+
+
+def group_randomness(key: jax.Array, groups: list[CollisionGroup], *,
+                     mode: str, cell_size: int | None = None,
+                     cell_groups: int = 1) -> list[Any]:
+  """The random input of every group's systems, stacked over the systems.
+
+  Returns, per group: None (soft without cells: deterministic), B typed
+  keys (collision cells), or the hard collision's ``(order (B, N), uniforms
+  (B, M), directions (B, D, M))``, with the directions standard normal and
+  zero beyond each system's own D (they are normalised in the collision).
+  All the hard collisions of a tree are cut from ONE ``jax.random.bits``
+  draw, converted by one sort (every pairing at once, each system sorted
+  inside its own segment), one uniform and one normal conversion, and the
+  cells' keys are one split: the step compiles a fixed number of
+  random-number kernels, whatever its number of leaves and shapes.
+  """
+  bits_key, cells_key = jax.random.split(key)
+  cells = [_uses_cells(gr.n, cell_size, cell_groups) for gr in groups]
+  out: list[Any] = [None] * len(groups)
+  counts = [sum(gr.systems) if c else 0 for c, gr in zip(cells, groups)]
+  if sum(counts):
+    keys = jax.random.split(cells_key, sum(counts))
+    starts = np.cumsum([0] + counts)
+    for k, c in enumerate(counts):
+      if c:
+        out[k] = keys[starts[k]:starts[k + 1]]
+  hard = [k for k, (c, gr) in enumerate(zip(cells, groups))
+          if mode == 'hard' and not c and gr.n >= 2]
+  if not hard:
+    return out
+  size = lambda k: sum(groups[k].systems)
+  sort_sizes = [size(k) * groups[k].n for k in hard]
+  u_sizes = [size(k) * (groups[k].n // 2) for k in hard]
+  dir_sizes = [size(k) * groups[k].d * (groups[k].n // 2) for k in hard]
+  t, total_u = sum(sort_sizes), sum(u_sizes)
+  bits = jax.random.bits(bits_key, (2 * t + total_u + sum(dir_sizes),),
+                         jnp.uint32)
+  # Every system's pairing in one sort: segment id first, then 64 random
+  # bits; the payload is the particle's index inside its system.
+  segment = np.repeat(np.arange(sum(size(k) for k in hard)),
+                      np.concatenate([[groups[k].n] * size(k) for k in hard]))
+  local = np.concatenate([np.tile(np.arange(groups[k].n), size(k))
+                          for k in hard])
+  order = jax.lax.sort(
+      (jnp.asarray(segment, jnp.int32), bits[:t], bits[t:2 * t],
+       jnp.asarray(local, jnp.int32)), num_keys=3)[3]
+  uniforms = uniform_from_bits(bits[2 * t:2 * t + total_u], jnp.float32)
+  normals = normal_from_bits(bits[2 * t + total_u:], jnp.float32)
+  so = uo = do = 0
+  for k, ss, us, ds in zip(hard, sort_sizes, u_sizes, dir_sizes):
+    gr = groups[k]
+    b, m = size(k), gr.n // 2
+    z = normals[do:do + ds].reshape(b, gr.d, m)
+    if min(gr.dims) < gr.d:
+      dims = np.repeat(gr.dims, gr.systems)
+      z = jnp.where(np.arange(gr.d)[None, :, None] < dims[:, None, None],
+                    z, 0.0)
+    out[k] = (order[so:so + ss].reshape(b, gr.n),
+              uniforms[uo:uo + us].reshape(b, m), z)
+    so, uo, do = so + ss, uo + us, do + ds
+  return out
+
+
+def collide_groups(
+    w_leaves: list[jax.Array], g_leaves: list[jax.Array],
+    specs: list[particles_lib.ParticleSpec], groups: list[CollisionGroup],
+    randomness: list[Any], rate: Any, **options: Any,
+) -> list[jax.Array]:
+  """Collides the particles of several leaves, one batched call per group.
+
+  Each group's systems are stacked (zero-padded to the group's D) and
+  collided by one ``jax.vmap``-ed kernel, so the compiled step holds one
+  collision per group, not per leaf. The result equals colliding each
+  system alone with its share of the randomness (to float rounding of
+  batched reductions).
+
+  Args:
+    w_leaves, g_leaves: the positions (params) and velocities (gradients).
+    specs: each leaf's normalised :class:`ko_optax.ParticleSpec`.
+    groups: :func:`plan_groups`.
+    randomness: :func:`group_randomness`.
+    rate: the collision rate.
+    **options: ``mode``, ``threshold``, ``include_self``, ``normalization``,
+      ``length_scale``, ``cell_size``, ``cell_groups`` of
+      :func:`stochastic_collision`.
+
+  Returns:
+    The new gradient leaves, in order.
+  """
   out: list[Any] = [None] * len(g_leaves)
-  for (d, _, dtype, sharding), members in _merge_groups(
-      groups, lambda k: particles_lib.particle_shape(
-          g_leaves[k].shape, specs[k])[0], options):
+  for group, rand in zip(groups, randomness):
+    d, dtype = group.d, group.dtype
     system = functools.partial(_collide_system, rate=jnp.asarray(rate, dtype),
                                **options)
     # Zero particle dimensions up to the group's D change nothing: norms,
     # cosines, distances and speeds are the same, and a padded dimension of
-    # a velocity stays 0 (so do the padded directions, drawn in D alone).
-    pad = lambda x, axis=1: x if x.shape[axis] == d else jnp.pad(
-        x, [(0, d - x.shape[axis]) if a == axis else (0, 0)
-            for a in range(x.ndim)])
-    ws = [pad(particles_lib.to_particles(w_leaves[k].astype(dtype), specs[k]))
-          for k in members]
-    gs = [pad(particles_lib.to_particles(g_leaves[k].astype(dtype), specs[k]))
-          for k in members]
-    rs = [randomness[k] if not isinstance(randomness[k], tuple) else
-          randomness[k][:2] + (pad(randomness[k][2]),) for k in members]
-    sizes = [x.shape[0] for x in gs]
-    pick = lambda r, b: jax.tree.map(lambda x: x[b], r)
-    if sum(sizes) == 1:
-      new = system(ws[0][0], gs[0][0], randomness=pick(rs[0], 0))[None]
-    elif sharding != 'None':
+    # a velocity stays 0 (so do the padded directions).
+    pad = lambda x: x if x.shape[1] == d else jnp.pad(
+        x, ((0, 0), (0, d - x.shape[1]), (0, 0)))
+    particles = lambda leaves: [
+        pad(particles_lib.to_particles(leaves[k].astype(dtype), specs[k]))
+        for k in group.members]
+    ws, gs = particles(w_leaves), particles(g_leaves)
+    if sum(group.systems) == 1:
+      new = system(ws[0][0], gs[0][0],
+                   randomness=jax.tree.map(lambda x: x[0], rand))[None]
+    elif group.sharding != 'None':
       # Explicitly sharded systems keep their own shardings: one by one.
-      new = jnp.concatenate([
-          system(w[b], g[b], randomness=pick(r, b))[None]
-          for w, g, r in zip(ws, gs, rs) for b in range(g.shape[0])])
+      w, g = jnp.concatenate(ws), jnp.concatenate(gs)
+      new = jnp.stack([
+          system(w[b], g[b], randomness=jax.tree.map(lambda x: x[b], rand))
+          for b in range(g.shape[0])])
     else:
-      stack = lambda *xs: xs[0] if len(xs) == 1 else jnp.concatenate(xs)
+      stack = lambda xs: xs[0] if len(xs) == 1 else jnp.concatenate(xs)
       new = jax.vmap(lambda w, g, r: system(w, g, randomness=r))(
-          stack(*ws), stack(*gs), jax.tree.map(stack, *rs))
+          stack(ws), stack(gs), rand)
     start = 0
-    for k, size in zip(members, sizes):
-      leaf_d = particles_lib.particle_shape(g_leaves[k].shape, specs[k])[1]
+    for k, size, leaf_d in zip(group.members, group.systems, group.dims):
       leaf = particles_lib.from_particles(
           new[start:start + size, :leaf_d], specs[k], g_leaves[k].shape)
       out[k] = leaf.astype(g_leaves[k].dtype)
@@ -646,9 +666,10 @@ def stochastic_collision(
   Leaves whose particle systems have the same shape (D, N) and dtype are
   collided together by one batched kernel (``jax.vmap`` over the stacked
   systems), so compile time grows with the number of distinct shapes, not
-  leaves; the random numbers of all of them are one draw
-  (``collision.system_randomness``), and the result equals colliding each
-  system alone with its share of that draw.
+  leaves (``collision.plan_groups``; leaves of one N are zero-padded to a
+  common D while that costs at most 1.5x their work); the random numbers of
+  all of them are one draw (``collision.group_randomness``), and the result
+  equals colliding each system alone with its share of that draw.
 
   Args:
     collision_rate: the collision coefficient gamma_c (float or schedule,
@@ -732,17 +753,18 @@ def stochastic_collision(
     param_leaves = treedef.flatten_up_to(params)
     specs = particles_lib.resolve_particle_axes(particle_axes, updates, mask)
     active = [i for i, s in enumerate(specs) if s is not None]
-    shapes = [particles_lib.particle_shape(leaves[i].shape, specs[i])
-              for i in active]
-    randomness = system_randomness(step_key, shapes, mode=mode,
-                                   cell_size=cell_size,
-                                   cell_groups=cell_groups)
     paths = [jax.tree_util.keystr(leaves_with_path[i][0]) for i in active]
+    groups = plan_groups([leaves[i] for i in active],
+                         [specs[i] for i in active], cell_size, cell_groups,
+                         paths)
+    randomness = group_randomness(step_key, groups, mode=mode,
+                                  cell_size=cell_size,
+                                  cell_groups=cell_groups)
 
     def collide_all(rate):
-      return collide_leaves(
+      return collide_groups(
           [param_leaves[i] for i in active], [leaves[i] for i in active],
-          [specs[i] for i in active], randomness, rate, paths, mode=mode,
+          [specs[i] for i in active], groups, randomness, rate, mode=mode,
           threshold=threshold, include_self=include_self,
           normalization=normalization, length_scale=length_scale,
           cell_size=cell_size, cell_groups=cell_groups)

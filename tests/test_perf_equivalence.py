@@ -116,30 +116,39 @@ def test_grouped_collision_equals_each_system_alone(options):
                                      **options)
   state = tx.init(TREE)
   grouped, _ = jax.jit(tx.update)(GRADS, state, TREE)
-  # The same step by hand: one system at a time, with the grouped path's keys.
+  # The same step by hand: one system at a time, with the grouped path's
+  # random numbers, each cut to the system's own D.
   _, step_key = jax.random.split(state.key)
   leaves, treedef = jax.tree.flatten(GRADS)
   params = treedef.flatten_up_to(TREE)
   specs = particles.resolve_particle_axes(SPECS, GRADS)
   active = [i for i, s in enumerate(specs) if s is not None]
-  shapes = [particles.particle_shape(leaves[i].shape, specs[i])
-            for i in active]
   full = dict(mode='soft', threshold=0.0, include_self=False,
               normalization=None, length_scale=20.0, cell_size=None,
               cell_groups=1)
   full.update(options)
-  randomness = collision.system_randomness(
-      step_key, shapes, mode=full['mode'], cell_size=full['cell_size'],
+  groups = collision.plan_groups([leaves[i] for i in active],
+                                 [specs[i] for i in active],
+                                 full['cell_size'], full['cell_groups'])
+  assert len(groups) < len(active)
+  randomness = collision.group_randomness(
+      step_key, groups, mode=full['mode'], cell_size=full['cell_size'],
       cell_groups=full['cell_groups'])
-  alone = jax.jit(lambda w, g, k: collision._collide_system(
-      w, g, jnp.float32(2.0), k, **full))
+  alone = jax.jit(lambda w, g, r: collision._collide_system(
+      w, g, jnp.float32(2.0), r, **full))
   expected = list(leaves)
-  for i, r in zip(active, randomness):
-    w = particles.to_particles(params[i], specs[i])
-    g = particles.to_particles(leaves[i], specs[i])
-    new = jnp.stack([alone(w[b], g[b], jax.tree.map(lambda x: x[b], r))
-                     for b in range(g.shape[0])])
-    expected[i] = particles.from_particles(new, specs[i], leaves[i].shape)
+  for group, rand in zip(groups, randomness):
+    start = 0
+    for k, size, d in zip(group.members, group.systems, group.dims):
+      i = active[k]
+      w = particles.to_particles(params[i], specs[i])
+      g = particles.to_particles(leaves[i], specs[i])
+      own = lambda x, b: x[b] if x.ndim < 3 else x[b, :d]   # (D, M) -> own D
+      new = jnp.stack([
+          alone(w[b], g[b], jax.tree.map(lambda x: own(x, start + b), rand))
+          for b in range(size)])
+      expected[i] = particles.from_particles(new, specs[i], leaves[i].shape)
+      start += size
   expected = treedef.unflatten(expected)
   for name in TREE:
     np.testing.assert_allclose(grouped[name], expected[name], rtol=2e-5,
@@ -169,19 +178,17 @@ def test_one_random_draw_whatever_the_leaves_and_shapes():
 
 
 def test_groups_of_one_n_merge_only_while_padding_is_cheap():
-  f32 = np.dtype('float32')
-  options = {'cell_size': None, 'cell_groups': 1}
+  def groups(shapes, **cells):
+    leaves = [jnp.zeros(s) for s in shapes]
+    specs = [particles.normalize_spec(-1, s) for s in shapes]
+    return [(g.d, g.n, g.members) for g in collision.plan_groups(
+        leaves, specs, **cells)]
   # ResNet-like: one stem conv (D=27) and four 3x3 convs (D=144) of N=16.
-  groups = {(144, 16, f32, 'None'): [1, 2, 3, 4], (27, 16, f32, 'None'): [0]}
-  merged = collision._merge_groups(groups, lambda k: 1, options)
-  assert merged == [((144, 16, f32, 'None'), [1, 2, 3, 4, 0])]
+  resnet = [(3, 3, 3, 16)] + [(3, 3, 16, 16)] * 4
+  assert groups(resnet) == [(144, 16, (1, 2, 3, 4, 0))]
   # GPT-like: 4 (128 x 128) projections and one (512 x 128) MLP kernel per
   # block: padding the projections to D=512 would be 2.5x the work.
-  groups = {(128, 128, f32, 'None'): list(range(48)),
-            (512, 128, f32, 'None'): list(range(48, 60))}
-  assert len(collision._merge_groups(groups, lambda k: 1, options)) == 2
+  gpt = [(128, 128)] * 4 + [(512, 128)]
+  assert groups(gpt) == [(512, 128, (4,)), (128, 128, (0, 1, 2, 3))]
   # Collision cells hash in D dimensions: never padded.
-  cells = {'cell_size': 4, 'cell_groups': 1}
-  assert len(collision._merge_groups(
-      {(144, 16, f32, 'None'): [1], (27, 16, f32, 'None'): [0]},
-      lambda k: 1, cells)) == 2
+  assert len(groups(resnet, cell_size=4)) == 2
