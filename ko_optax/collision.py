@@ -158,9 +158,12 @@ def soft_collision(
     partners = n if include_self else n - 1
     repulsion = repulsion / max(partners, 1)
   elif normalization == 'norm':
-    _, g_norms = unit_columns(g)
-    r_hat, _ = unit_columns(repulsion)
-    repulsion = r_hat * g_norms
+    # repulsion_i * |g_i| / |repulsion_i|, with the per-particle factor
+    # computed apart: the (D, N) tail stays one multiply-subtract.
+    g_norms = jnp.sqrt(jnp.sum(jnp.square(g), axis=-2, keepdims=True))
+    r_norms = jnp.sqrt(jnp.sum(jnp.square(repulsion), axis=-2, keepdims=True))
+    factor = g_norms / jnp.where(r_norms > 0, r_norms, 1.0)
+    return g - (rate * factor) * repulsion
   return g - rate * repulsion
 
 
