@@ -27,15 +27,15 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from flax.training import train_state
 import jax  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax.training import train_state
 
-import ko_optax
 from ko_examples import data
 from ko_examples import models
+import ko_optax
 
 
 def _orbax():

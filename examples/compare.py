@@ -53,7 +53,7 @@ def parse_args(argv=None):
                               formatter_class=argparse.RawTextHelpFormatter)
   p.add_argument('--model', choices=('mlp', 'cnn'), default='mlp',
                  help='mlp: 2 hidden layers of 100 (default); cnn: the '
-                 'MNIST-1D paper\'s 1-D CNN (slower on CPU)')
+                 "MNIST-1D paper's 1-D CNN (slower on CPU)")
   p.add_argument('--steps', type=int, default=None,
                  help='optimizer steps (default 3000; --quick: 300)')
   p.add_argument('--seeds', type=int, default=None,
@@ -125,10 +125,10 @@ def summarize(run) -> dict:
       'test_acc_std': float(np.std(h['test_acc'][-1])),
       'val_acc_mean': float(np.mean(h['val_acc'][-1])),
       'train_loss': float(np.mean(h['train_loss'][-1])),
-      'mean_abs_cos': {l: float(np.mean(h[f'{l}/mean_abs_cos'][-1]))
-                       for l in layers},
-      'effective_rank': {l: float(np.mean(h[f'{l}/effective_rank'][-1]))
-                         for l in layers},
+      'mean_abs_cos': {k: float(np.mean(h[f'{k}/mean_abs_cos'][-1]))
+                       for k in layers},
+      'effective_rank': {k: float(np.mean(h[f'{k}/effective_rank'][-1]))
+                         for k in layers},
       'ms_per_step': 1e3 * run.seconds_per_step,
       'compile_s': run.compile_seconds,
   }
@@ -154,9 +154,10 @@ def make_pictures(runs: dict, out: str, model_name: str) -> list[str]:
   """Writes curves.png, condensation.png and cosine.png; returns the paths."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
+
+  from ko_examples import training  # pylint: disable=g-import-not-at-top
   import ko_optax  # pylint: disable=g-import-not-at-top
   from ko_optax import plotting  # pylint: disable=g-import-not-at-top
-  from ko_examples import training  # pylint: disable=g-import-not-at-top
 
   label = lambda n: training.LABELS.get(n, n)
   first = next(iter(runs.values()))
@@ -208,6 +209,7 @@ def main(argv=None) -> dict:
   _require('flax')
   _require('mnist1d')
   import jax  # pylint: disable=g-import-not-at-top
+
   from ko_examples import data  # pylint: disable=g-import-not-at-top
   from ko_examples import models  # pylint: disable=g-import-not-at-top
   from ko_examples import training  # pylint: disable=g-import-not-at-top

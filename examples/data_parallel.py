@@ -46,14 +46,14 @@ def main(argv=None) -> dict:
 
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  import optax  # pylint: disable=g-import-not-at-top
   from jax.sharding import NamedSharding  # pylint: disable=g-import-not-at-top
   from jax.sharding import PartitionSpec as P  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
 
-  import ko_optax  # pylint: disable=g-import-not-at-top
   from ko_examples import data  # pylint: disable=g-import-not-at-top
   from ko_examples import models  # pylint: disable=g-import-not-at-top
+  import ko_optax  # pylint: disable=g-import-not-at-top
 
   n = min(args.devices, jax.device_count())
   if n < args.devices:

@@ -28,22 +28,22 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from flax import traverse_util
+from flax.training import train_state
 import jax  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp
 import optax
-from flax import traverse_util
-from flax.training import train_state
 
-import ko_optax
 from ko_examples import data
 from ko_examples import models
+import ko_optax
 
 
 def ko_layers(params, layers=('hidden_0', 'hidden_1')):
   """A tree of bools: True on the kernels of ``layers`` (those collide)."""
   flat = traverse_util.flatten_dict(params)
   return traverse_util.unflatten_dict({
-      path: any(l in path for l in layers) and path[-1] == 'kernel'
+      path: any(layer in path for layer in layers) and path[-1] == 'kernel'
       for path in flat})
 
 

@@ -24,13 +24,13 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from flax import nnx
 import jax  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp
 import optax
-from flax import nnx
 
-import ko_optax
 from ko_examples import data
+import ko_optax
 
 
 class MLP(nnx.Module):

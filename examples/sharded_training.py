@@ -96,7 +96,7 @@ def make_optimizer(cell_size: int, shards: int) -> optax.GradientTransformation:
 
 
 def state_shardings(mesh, tx, params_abstract):
-  """Shardings of (params, opt_state, step): Adam's moments follow the params."""
+  """Shardings of (params, opt_state, step): Adam's moments follow params."""
   specs = param_specs()
   p_shard = {k: NamedSharding(mesh, s) for k, s in specs.items()}
   replicated = NamedSharding(mesh, P())
@@ -202,10 +202,11 @@ def main(argv=None) -> dict:
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
         state, shardings)
     restored = ckpt.restore(path, target)
-  same = all(bool(jnp.array_equal(jax.random.key_data(a), jax.random.key_data(b))
-                  if jnp.issubdtype(a.dtype, jax.dtypes.prng_key)
-                  else jnp.array_equal(a, b))
-             for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(restored)))
+  same = all(
+      bool(jnp.array_equal(jax.random.key_data(a), jax.random.key_data(b))
+           if jnp.issubdtype(a.dtype, jax.dtypes.prng_key)
+           else jnp.array_equal(a, b))
+      for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(restored)))
   same_shardings = all(
       a.sharding == b.sharding
       for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(restored)))

@@ -35,9 +35,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-import ko_optax
 from ko_examples import data as data_lib
 from ko_examples import models as models_lib
+import ko_optax
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results')
 
@@ -266,7 +266,8 @@ def build_run(task: Task, ds, cfg: dict):
     params0 = particle_leaves(params)
     (params, state), curve = jax.lax.scan(
         evaluate, (params, state), jax.random.split(data_key, task.evals))
-    return dict(curve=curve, params0=params0, val_acc=accuracy(params, xva, yva),
+    return dict(curve=curve, params0=params0,
+                val_acc=accuracy(params, xva, yva),
                 test_acc=accuracy(params, xte, yte))
 
   return run
@@ -276,7 +277,8 @@ def cond_curves(out, i):
   """Condensation of run ``i`` at initialisation and every evaluation."""
   curves = {}
   for k, leaf0 in out['params0'].items():
-    snaps = [np.asarray(leaf0)[i]] + list(np.asarray(out['curve']['params'][k])[i])
+    snaps = ([np.asarray(leaf0)[i]]
+             + list(np.asarray(out['curve']['params'][k])[i]))
     vals = [condensation_of(s) for s in snaps]
     curves[k] = dict(cos=[round(v[0], 5) for v in vals],
                      erank=[round(v[1], 4) for v in vals])
@@ -294,8 +296,8 @@ def run_grid(task, ds, cfg, seeds, lrs, rates, sequential=False):
   if sequential:
     # One run after the other (lax.map): a vmapped convolution becomes a
     # grouped convolution, which is slow on CPU.
-    fn = jax.jit(lambda s, l, r, arrays: jax.lax.map(
-        lambda t: run(*t, arrays), (s, l, r)))
+    fn = jax.jit(lambda s, lr, r, arrays: jax.lax.map(
+        lambda t: run(*t, arrays), (s, lr, r)))
   else:
     fn = jax.jit(jax.vmap(run, in_axes=(0, 0, 0, None)))
   t0 = time.time()
@@ -306,13 +308,13 @@ def run_grid(task, ds, cfg, seeds, lrs, rates, sequential=False):
   print(f'  compile {compile_secs:.1f}s run {secs - compile_secs:.1f}s',
         flush=True)
   records = []
+  pick = lambda a, i: np.round(np.asarray(a, np.float64)[i], 5).tolist()
   for i, (s, lr, r) in enumerate(grid):
-    pick = lambda a: np.round(np.asarray(a, np.float64)[i], 5).tolist()
     records.append(dict(
         seed=s, lr=lr, rate=r,
-        val_acc=pick(out['val_acc']), test_acc=pick(out['test_acc']),
-        val_curve=pick(out['curve']['val_acc']),
-        loss_curve=pick(out['curve']['train_loss']),
+        val_acc=pick(out['val_acc'], i), test_acc=pick(out['test_acc'], i),
+        val_curve=pick(out['curve']['val_acc'], i),
+        loss_curve=pick(out['curve']['train_loss'], i),
         cond=cond_curves(out, i)))
   return records, secs
 
@@ -345,7 +347,7 @@ def main():
                   help='appended to every configuration name (e.g. a rerun '
                   'of the same configurations on newer code)')
   ap.add_argument('--ko-lr-from-base', action='store_true',
-                  help='KO keeps its base optimizer\'s chosen learning rate '
+                  help="KO keeps its base optimizer's chosen learning rate "
                   'and tunes only the collision rate (same grid size as the '
                   'base)')
   a = ap.parse_args()
@@ -392,7 +394,8 @@ def main():
         json.dump(list(done.values()), f)
       os.replace(path + '.tmp', path)
       lr, rate = best_point(records)
-      val = [r['val_acc'] for r in records if (r['lr'], r['rate']) == (lr, rate)]
+      val = [r['val_acc'] for r in records
+             if (r['lr'], r['rate']) == (lr, rate)]
       test = [r['test_acc'] for r in records
               if (r['lr'], r['rate']) == (lr, rate)]
       print(f'{a.task} {cfg["name"]:26s} {len(records):3d} runs {secs:6.1f}s'

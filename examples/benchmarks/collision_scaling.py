@@ -6,7 +6,8 @@ collision cells, over a sweep of N at fixed D and of D at fixed N (medians,
 round-robin per size). Writes results/scaling_<tag>.json and, with
 --plot, docs/bench_scaling.png.
 
-  PYTHONPATH=examples/benchmarks python examples/benchmarks/collision_scaling.py --plot
+  PYTHONPATH=examples/benchmarks python \
+      examples/benchmarks/collision_scaling.py --plot
 """
 
 from __future__ import annotations

@@ -26,9 +26,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from ko_examples import models as models_lib
 import ko_optax
 from ko_optax import collision as collision_lib
-from ko_examples import models as models_lib
 import timing
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results')

@@ -46,7 +46,8 @@ def main():
       'adam-like elementwise': jax.jit(
           lambda w, g, k: g / (jnp.sqrt(g * g) + 1e-8)),
       'permutation': jax.jit(lambda w, g, k: jax.random.permutation(k, n)),
-      'uniform (N/2)': jax.jit(lambda w, g, k: jax.random.uniform(k, (n // 2,))),
+      'uniform (N/2)': jax.jit(
+          lambda w, g, k: jax.random.uniform(k, (n // 2,))),
       'normal (D x N/2)': jax.jit(
           lambda w, g, k: jax.random.normal(k, (d, n // 2))),
       'gather columns w,g': jax.jit(

@@ -12,7 +12,8 @@ on VALIDATION accuracy (mean over seeds), and writes
 * docs/bench_condensation_<task>.png: condensation over training, KO against
   its base, on the same seeds.
 
-  PYTHONPATH=examples:examples/benchmarks python examples/benchmarks/report_accuracy.py
+  PYTHONPATH=examples:examples/benchmarks python \
+      examples/benchmarks/report_accuracy.py
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ def task_table(task, recs):
            'eff. rank: min / end | runs |',
            '|---|---|---|---|---|---|---|---|---|---|']
   chosen = {name: best(rec) for name, rec in recs.items()}
-  for name, rec in recs.items():
+  for name in recs:
     (lr, rate), runs = chosen[name]
     val = np.array([safe(r['val_acc']) for r in runs])
     test = np.array([safe(r['test_acc']) for r in runs])

@@ -1,6 +1,7 @@
 """Markdown tables from results/cost_<tag>.json and results/scaling_<tag>.json.
 
-  PYTHONPATH=examples/benchmarks python examples/benchmarks/report_cost.py [--dir DIR]
+  PYTHONPATH=examples/benchmarks python \
+      examples/benchmarks/report_cost.py [--dir DIR]
 """
 
 import argparse

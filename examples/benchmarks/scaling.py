@@ -28,6 +28,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -103,7 +104,7 @@ def bench_collision(ns, d, cell_sizes, max_exact_n, repeats, budget_s):
       if c is not None and c >= n:
         continue
       compiled = jax.jit(collision_fn(c)).lower(w, g, key).compile()
-      run = lambda: compiled(w, g, key)
+      run = functools.partial(compiled, w, g, key)
       t = _interleaved({'x': run}, repeats, budget_s)['x']
       rows.append({'n': n, 'd': d, 'cell_size': c, 'seconds': t,
                    'memory_bytes': _memory_bytes(compiled)})
@@ -188,7 +189,7 @@ def bench_train_step(vocabs, d_model, batch, seq, cell_size, max_exact_vocab,
       state = tx.init(params)
       compiled = jax.jit(step).lower(params, state, tokens).compile()
       memory[name] = _memory_bytes(compiled)
-      thunks[name] = (lambda c=compiled, s=state: c(params, s, tokens))
+      thunks[name] = functools.partial(compiled, params, state, tokens)
     times = _interleaved(thunks, repeats, budget_s)
     for name, (_, c) in optimizers(cell_size).items():
       row = {'vocab': vocab, 'd_model': d_model, 'tokens': batch * seq,
@@ -385,7 +386,8 @@ def main(argv=None):
                   train_cell=128, repeats=7, fidelity_n=4096, fidelity_d=256,
                   fidelity_c=256, trials=4)
   suffix = '_quick' if args.quick else ''
-  out = pathlib.Path(args.out) if args.out else RESULTS / f'scaling{suffix}.json'
+  out = (pathlib.Path(args.out) if args.out
+         else RESULTS / f'scaling{suffix}.json')
   old = json.loads(out.read_text()) if args.merge and out.exists() else {}
   results = {
       **old,

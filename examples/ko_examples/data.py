@@ -231,7 +231,7 @@ _TEXT_LAYOUT = (
     'No text dataset at {path!r}. Expected a folder-per-class layout: '
     '{path}/train/<class>/*.txt and {path}/test/<class>/*.txt, one document '
     'per file, the same class folders in both splits (folders present only '
-    'in train/, such as aclImdb\'s unsup/, are ignored). IMDB reviews come in '
+    "in train/, such as aclImdb's unsup/, are ignored). IMDB reviews come in "
     'this layout: extract aclImdb/ from ' + IMDB_URL + ' (this code never '
     'downloads it). Problem: {problem}.')
 

@@ -110,7 +110,8 @@ class DigitsCNN(nn.Module):
       if i == 0:
         x = nn.avg_pool(x, (2, 2), strides=(2, 2))
     x = x.reshape((x.shape[0], -1))
-    x = nn.relu(nn.Dense(self.hidden, name='hidden', **_kw(self.kernel_init))(x))
+    x = nn.relu(nn.Dense(self.hidden, name='hidden',
+                         **_kw(self.kernel_init))(x))
     return nn.Dense(self.num_classes, name='head', **_kw(self.kernel_init))(x)
 
 

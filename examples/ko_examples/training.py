@@ -16,10 +16,10 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 import dataclasses
 import functools
 import time
-from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -72,7 +72,7 @@ def hidden_leaves(params: Any) -> dict[str, jax.Array]:
   flat = jax.tree_util.tree_flatten_with_path(params)[0]
   named = [(jax.tree_util.keystr(path, simple=True, separator='/'), leaf)
            for path, leaf in flat if jnp.ndim(leaf) >= 2]
-  named = [(n, l) for n, l in named if 'head' not in n] or named
+  named = [(n, leaf) for n, leaf in named if 'head' not in n] or named
   return dict(named)
 
 
