@@ -153,7 +153,7 @@ def test_models_shapes(model, x):
 def test_kernel_init_is_used():
   model = models.MLP(hidden=(8,), kernel_init=jax.nn.initializers.normal(1e-3))
   params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 4)))
-  kernels = [l for l in jax.tree.leaves(params) if l.ndim >= 2]
+  kernels = [x for x in jax.tree.leaves(params) if x.ndim >= 2]
   assert len(kernels) == 2
   assert max(float(jnp.std(k)) for k in kernels) < 5e-3
 

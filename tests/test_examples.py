@@ -16,9 +16,9 @@ import compare
 import data_parallel
 import linen_training
 import nnx_training
-import text_classification
 from test_data import _write_cifar
 from test_data import _write_text
+import text_classification
 
 pytestmark = pytest.mark.slow
 

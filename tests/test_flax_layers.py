@@ -7,10 +7,10 @@ right particles, or none, without a warning.
 
 import warnings
 
-import jax
-import jax.numpy as jnp
 from flax import linen as nn
 from flax import nnx
+import jax
+import jax.numpy as jnp
 import pytest
 
 import ko_optax

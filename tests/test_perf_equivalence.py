@@ -106,6 +106,12 @@ SPECS = {'a': -1, 'b': -1, 'c': -1, 'd': ko_optax.ParticleSpec(-1, 0),
 GRADS = jax.tree.map(lambda x: jnp.cos(3.0 * x) + 0.1, TREE)
 
 
+def _own_share(randomness, b, d):
+  """System ``b``'s share of a group's randomness, cut to its own D."""
+  # (D, M) directions -> the system's own D rows.
+  return jax.tree.map(lambda x: x[b] if x.ndim < 3 else x[b, :d], randomness)
+
+
 @pytest.mark.parametrize('options', [
     dict(mode='soft', normalization='norm'),
     dict(mode='hard'),
@@ -143,10 +149,8 @@ def test_grouped_collision_equals_each_system_alone(options):
       i = active[k]
       w = particles.to_particles(params[i], specs[i])
       g = particles.to_particles(leaves[i], specs[i])
-      own = lambda x, b: x[b] if x.ndim < 3 else x[b, :d]   # (D, M) -> own D
-      new = jnp.stack([
-          alone(w[b], g[b], jax.tree.map(lambda x: own(x, start + b), rand))
-          for b in range(size)])
+      new = jnp.stack([alone(w[b], g[b], _own_share(rand, start + b, d))
+                       for b in range(size)])
       expected[i] = particles.from_particles(new, specs[i], leaves[i].shape)
       start += size
   expected = treedef.unflatten(expected)

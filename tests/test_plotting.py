@@ -23,7 +23,7 @@ def test_learning_curves_write_a_png(tmp_path):
   assert path.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
   axes = fig.get_axes()
   assert len(axes) == 2 and axes[1].get_yscale() == 'log'
-  assert [l.get_label() for l in axes[0].get_lines()] == ['Adam', 'KO']
+  assert [ln.get_label() for ln in axes[0].get_lines()] == ['Adam', 'KO']
   np.testing.assert_allclose(axes[0].get_lines()[0].get_ydata(),
                              runs['Adam'].mean(axis=1))
 

@@ -40,6 +40,11 @@ def _run(tx, steps=4, params=PARAMS, jit=True):
   return out, state
 
 
+def _member(tree, i):
+  """Member ``i`` of a vmapped ensemble."""
+  return jax.tree.map(lambda x: x[i], tree)
+
+
 def _assert_bitwise(a, b):
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
@@ -147,25 +152,25 @@ def test_jitted_step_traces_once():
   assert len(traces) == 1
 
 
-def test_converges_on_a_regression_problem():
+@pytest.mark.parametrize('collision', ['soft', 'hard'])
+def test_converges_on_a_regression_problem(collision):
   x = jax.random.normal(jax.random.key(1), (64, 6))
   w_true = jax.random.normal(jax.random.key(2), (6, 4))
   y = x @ w_true
   loss = lambda p: jnp.mean((x @ p['w'] - y) ** 2)
-  for collision in ('soft', 'hard'):
-    tx = ko_optax.ko(5e-2, collision=collision, collision_rate=0.1)
-    params = {'w': jnp.zeros((6, 4)) + 1e-2}
-    state = tx.init(params)
+  tx = ko_optax.ko(5e-2, collision=collision, collision_rate=0.1)
+  params = {'w': jnp.zeros((6, 4)) + 1e-2}
+  state = tx.init(params)
 
-    @jax.jit
-    def step(params, state):
-      grads = jax.grad(loss)(params)
-      updates, state = tx.update(grads, state, params)
-      return optax.apply_updates(params, updates), state
+  @jax.jit
+  def step(params, state):
+    grads = jax.grad(loss)(params)
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
 
-    for _ in range(300):
-      params, state = step(params, state)
-    assert loss(params) < 1e-2 * loss({'w': jnp.zeros((6, 4))}), collision
+  for _ in range(300):
+    params, state = step(params, state)
+  assert loss(params) < 1e-2 * loss({'w': jnp.zeros((6, 4))}), collision
 
 
 # -- composition with optax ---------------------------------------------------
@@ -322,6 +327,7 @@ def test_vmap_over_an_ensemble_matches_a_loop(collision):
   batched, _ = jax.jit(jax.vmap(tx.update))(grads, states, params)
   update = jax.jit(tx.update)
   for i in range(3):
-    one = lambda t: jax.tree.map(lambda x: x[i], t)
-    single, _ = update(one(grads), one(states), one(params))
-    chex.assert_trees_all_close(one(batched), single, rtol=1e-5, atol=1e-7)
+    single, _ = update(_member(grads, i), _member(states, i),
+                       _member(params, i))
+    chex.assert_trees_all_close(_member(batched, i), single, rtol=1e-5,
+                                atol=1e-7)

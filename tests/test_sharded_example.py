@@ -1,16 +1,12 @@
-"""The 2 x 4 mesh example runs in its quick mode and checkpoints correctly."""
+"""The 2 x 4 mesh example runs in its quick mode and checkpoints correctly.
 
-import pathlib
-import sys
+The conftest puts examples/ on sys.path, so the example imports as a module.
+"""
 
 import jax
 import pytest
 
-_EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / 'examples'
-if str(_EXAMPLES) not in sys.path:
-  sys.path.insert(0, str(_EXAMPLES))
-
-import sharded_training  # pylint: disable=g-import-not-at-top
+import sharded_training
 
 
 @pytest.mark.skipif(jax.device_count() < 8, reason='needs 8 CPU devices')
