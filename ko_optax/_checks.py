@@ -57,7 +57,7 @@ def check_choice(name: str, value: Any, choices: Sequence[Any]) -> None:
 def check_positive_int_or_none(name: str, value: Any) -> int | None:
   """Returns ``value`` as a Python int (or None); raises unless positive."""
   if value is None:
-    return
+    return None
   if isinstance(value, jax.core.Tracer):
     raise TypeError(
         f'{name} fixes array shapes and must be a static Python int, got a '
@@ -125,7 +125,8 @@ def check_params(params: Any, updates: Any, transform: str) -> None:
     )
   params_def = jax.tree.structure(params)
   updates_def = jax.tree.structure(updates)
-  if params_def != updates_def:
+  # jaxlib ships no type stub for PyTreeDef: mypy cannot see its __eq__.
+  if params_def != updates_def:  # type: ignore[operator]
     raise ValueError(
         f'{transform}: params must have the same tree structure as the '
         f'updates (gradients). params: {params_def}; updates: {updates_def}.'

@@ -18,7 +18,7 @@ question; ``ko(..., collide_on='velocity')``).
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, cast, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -41,18 +41,33 @@ class CollidedAdvectionState(NamedTuple):
   collision: Any
 
 
-def _collided_adam(collision, b1, b2, eps, eps_root, mu_dtype, nesterov):
+def _collided_adam(
+    collision: optax.GradientTransformation,
+    b1: float,
+    b2: float,
+    eps: float,
+    eps_root: float,
+    mu_dtype: Any,
+    nesterov: bool,
+) -> optax.GradientTransformationExtraArgs:
   """``optax.scale_by_adam`` whose first moment collides every step."""
   adam = optax.scale_by_adam(b1=b1, b2=b2, eps=eps, eps_root=eps_root,
                              mu_dtype=mu_dtype, nesterov=nesterov)
-  mu_dtype = None if mu_dtype is None else jax.dtypes.canonicalize_dtype(mu_dtype)
+  mu_dtype = (None if mu_dtype is None
+              else jax.dtypes.canonicalize_dtype(mu_dtype))
 
-  def init_fn(params):
+  def init_fn(params: optax.Params) -> CollidedAdvectionState:
     return CollidedAdvectionState(adam.init(params), collision.init(params))
 
-  def update_fn(updates, state, params=None, **extra_args):
+  def update_fn(
+      updates: optax.Updates,
+      state: optax.OptState,
+      params: optax.Params | None = None,
+      **extra_args: Any,
+  ) -> tuple[optax.Updates, CollidedAdvectionState]:
     # optax.scale_by_adam's update, line for line, with the collision of the
     # first moment (the particles' velocity) right after its update.
+    state = cast(CollidedAdvectionState, state)  # what init_fn returned
     base = state.base
     mu = optax.tree.update_moment(updates, base.mu, b1, 1)
     mu, collision_state = collision.update(mu, state.collision, params,
@@ -80,14 +95,24 @@ def _collided_adam(collision, b1, b2, eps, eps_root, mu_dtype, nesterov):
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def _collided_momentum(collision, decay, nesterov):
+def _collided_momentum(
+    collision: optax.GradientTransformation,
+    decay: float,
+    nesterov: bool,
+) -> optax.GradientTransformationExtraArgs:
   """``optax.trace`` (SGD momentum) whose trace collides every step."""
   trace = optax.trace(decay=decay, nesterov=nesterov)
 
-  def init_fn(params):
+  def init_fn(params: optax.Params) -> CollidedAdvectionState:
     return CollidedAdvectionState(trace.init(params), collision.init(params))
 
-  def update_fn(updates, state, params=None, **extra_args):
+  def update_fn(
+      updates: optax.Updates,
+      state: optax.OptState,
+      params: optax.Params | None = None,
+      **extra_args: Any,
+  ) -> tuple[optax.Updates, CollidedAdvectionState]:
+    state = cast(CollidedAdvectionState, state)  # what init_fn returned
     f = lambda g, t: g + decay * t
     new_trace = jax.tree.map(f, updates, state.base.trace)
     new_trace, collision_state = collision.update(

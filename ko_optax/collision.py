@@ -1,12 +1,12 @@
 """The collision step of KO: similar neurons exchange momentum.
 
 A Boltzmann-equation solver splits each time step into free streaming and
-collisions. In KO a particle is an output neuron of a layer: its position ``w_i``
-is the neuron's weight vector and its velocity ``g_i`` the neuron's gradient
-(see :mod:`ko_optax.particles` for which axes index the neurons). Collisions act
-on the gradient before the base optimizer sees it and push apart neurons that
-are close and move alike, which keeps them from condensing onto a few
-directions.
+collisions. In KO a particle is an output neuron of a layer: its position
+``w_i`` is the neuron's weight vector and its velocity ``g_i`` the neuron's
+gradient (see :mod:`ko_optax.particles` for which axes index the neurons).
+Collisions act on the gradient before the base optimizer sees it and push
+apart neurons that are close and move alike, which keeps them from
+condensing onto a few directions.
 
 Two collision operators are implemented, both on ``(D, N)`` particle matrices
 whose columns are the particles:
@@ -43,8 +43,7 @@ References:
 
 from __future__ import annotations
 
-import functools
-from typing import Any, NamedTuple
+from typing import Any, cast, NamedTuple
 
 import chex
 import jax
@@ -69,7 +68,8 @@ class StochasticCollisionState(NamedTuple):
     key: typed PRNG key; each update splits it into the next key and the
       step's randomness (hard pairings, collision cells).
   """
-  count: chex.Array
+  # The field shadows tuple.count, as ``count`` does in optax's states.
+  count: chex.Array  # type: ignore[assignment]
   key: chex.Array
 
 
@@ -366,6 +366,7 @@ def hard_collision_from_bits(
     return g
   order, u, directions = pair_randomness(bits, n, d, pairing=True,
                                          dtype=g.dtype)
+  assert order is not None  # pairing=True always draws one
   return _hard_collision_paired(w, g, rate, order, u, directions,
                                 length_scale=length_scale)
 
@@ -423,7 +424,7 @@ def _collide_system(
   else:
     collide = lambda w_, g_, k_: hard_collision_pairs(
         w_, g_, rate, k_, length_scale=length_scale)
-  if _uses_cells(n, cell_size, cell_groups):
+  if cell_size is not None and _uses_cells(n, cell_size, cell_groups):
     return cells_lib.collide_in_cells(
         w, g, randomness, collide, cell_size=cell_size, groups=cell_groups,
         pairs=mode == 'hard')
@@ -581,6 +582,41 @@ def group_randomness(key: jax.Array, groups: list[CollisionGroup], *,
   return out
 
 
+def _system_share(randomness: Any, b: int) -> Any:
+  """System ``b``'s share of a group's randomness (stacked over systems)."""
+  return jax.tree.map(lambda x: x[b], randomness)
+
+
+def _collide_group(
+    w_leaves: list[jax.Array], g_leaves: list[jax.Array],
+    specs: list[particles_lib.ParticleSpec], group: CollisionGroup,
+    rand: Any, rate: Any, options: dict[str, Any],
+) -> jax.Array:
+  """Collides one group's systems; returns them stacked, (B, D, N)."""
+  d, dtype = group.d, group.dtype
+  rate = jnp.asarray(rate, dtype)
+  system = lambda w, g, r: _collide_system(w, g, rate=rate, randomness=r,
+                                           **options)
+  # Zero particle dimensions up to the group's D change nothing: norms,
+  # cosines, distances and speeds are the same, and a padded dimension of
+  # a velocity stays 0 (so do the padded directions).
+  pad = lambda x: x if x.shape[1] == d else jnp.pad(
+      x, ((0, 0), (0, d - x.shape[1]), (0, 0)))
+  particles = lambda leaves: [
+      pad(particles_lib.to_particles(leaves[k].astype(dtype), specs[k]))
+      for k in group.members]
+  ws, gs = particles(w_leaves), particles(g_leaves)
+  if sum(group.systems) == 1:
+    return system(ws[0][0], gs[0][0], _system_share(rand, 0))[None]
+  if group.sharding != 'None':
+    # Explicitly sharded systems keep their own shardings: one by one.
+    w, g = jnp.concatenate(ws), jnp.concatenate(gs)
+    return jnp.stack([system(w[b], g[b], _system_share(rand, b))
+                      for b in range(g.shape[0])])
+  stack = lambda xs: xs[0] if len(xs) == 1 else jnp.concatenate(xs)
+  return jax.vmap(system)(stack(ws), stack(gs), rand)
+
+
 def collide_groups(
     w_leaves: list[jax.Array], g_leaves: list[jax.Array],
     specs: list[particles_lib.ParticleSpec], groups: list[CollisionGroup],
@@ -609,31 +645,8 @@ def collide_groups(
   """
   out: list[Any] = [None] * len(g_leaves)
   for group, rand in zip(groups, randomness):
-    d, dtype = group.d, group.dtype
-    system = functools.partial(_collide_system, rate=jnp.asarray(rate, dtype),
-                               **options)
-    # Zero particle dimensions up to the group's D change nothing: norms,
-    # cosines, distances and speeds are the same, and a padded dimension of
-    # a velocity stays 0 (so do the padded directions).
-    pad = lambda x: x if x.shape[1] == d else jnp.pad(
-        x, ((0, 0), (0, d - x.shape[1]), (0, 0)))
-    particles = lambda leaves: [
-        pad(particles_lib.to_particles(leaves[k].astype(dtype), specs[k]))
-        for k in group.members]
-    ws, gs = particles(w_leaves), particles(g_leaves)
-    if sum(group.systems) == 1:
-      new = system(ws[0][0], gs[0][0],
-                   randomness=jax.tree.map(lambda x: x[0], rand))[None]
-    elif group.sharding != 'None':
-      # Explicitly sharded systems keep their own shardings: one by one.
-      w, g = jnp.concatenate(ws), jnp.concatenate(gs)
-      new = jnp.stack([
-          system(w[b], g[b], randomness=jax.tree.map(lambda x: x[b], rand))
-          for b in range(g.shape[0])])
-    else:
-      stack = lambda xs: xs[0] if len(xs) == 1 else jnp.concatenate(xs)
-      new = jax.vmap(lambda w, g, r: system(w, g, randomness=r))(
-          stack(ws), stack(gs), rand)
+    new = _collide_group(w_leaves, g_leaves, specs, group, rand, rate,
+                         options)
     start = 0
     for k, size, leaf_d in zip(group.members, group.systems, group.dims):
       leaf = particles_lib.from_particles(
@@ -740,34 +753,41 @@ def stochastic_collision(
   if not isinstance(include_self, bool):
     raise TypeError(f'include_self must be a bool, got {include_self!r}.')
 
-  def init_fn(params):
+  def init_fn(params: optax.Params) -> StochasticCollisionState:
     del params
     return StochasticCollisionState(
         count=jnp.zeros([], jnp.int32), key=_checks.canonicalize_key(key))
 
-  def update_fn(updates, state, params=None, **extra_args):
+  def update_fn(
+      updates: optax.Updates,
+      state: optax.OptState,
+      params: optax.Params | None = None,
+      **extra_args: Any,
+  ) -> tuple[optax.Updates, StochasticCollisionState]:
     del extra_args
+    state = cast(StochasticCollisionState, state)  # what init_fn returned
     _checks.check_params(params, updates, 'stochastic_collision')
     rate = collision_rate(state.count) if callable(collision_rate) else (
         collision_rate)
     next_key, step_key = jax.random.split(state.key)
     leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(updates)
     leaves = [leaf for _, leaf in leaves_with_path]
-    param_leaves = treedef.flatten_up_to(params)
+    # jaxlib ships no type stub for PyTreeDef: mypy cannot see its methods.
+    param_leaves = treedef.flatten_up_to(params)  # type: ignore[attr-defined]
     specs = particles_lib.resolve_particle_axes(particle_axes, updates, mask)
     active = [i for i, s in enumerate(specs) if s is not None]
+    active_specs = [s for s in specs if s is not None]
     paths = [jax.tree_util.keystr(leaves_with_path[i][0]) for i in active]
-    groups = plan_groups([leaves[i] for i in active],
-                         [specs[i] for i in active], cell_size, cell_groups,
-                         paths)
+    groups = plan_groups([leaves[i] for i in active], active_specs,
+                         cell_size, cell_groups, paths)
     randomness = group_randomness(step_key, groups, mode=mode,
                                   cell_size=cell_size,
                                   cell_groups=cell_groups)
 
-    def collide_all(rate):
+    def collide_all(rate: Any) -> list[jax.Array]:
       return collide_groups(
           [param_leaves[i] for i in active], [leaves[i] for i in active],
-          [specs[i] for i in active], groups, randomness, rate, mode=mode,
+          active_specs, groups, randomness, rate, mode=mode,
           threshold=threshold, include_self=include_self,
           normalization=normalization, length_scale=length_scale,
           cell_size=cell_size, cell_groups=cell_groups)
@@ -786,8 +806,10 @@ def stochastic_collision(
     new_leaves = list(leaves)
     for i, new in zip(active, collided):
       new_leaves[i] = new
+    # safe_increment is annotated ArrayLike; it returns an array for one.
     new_state = StochasticCollisionState(
-        count=optax.safe_increment(state.count), key=next_key)
+        count=cast(chex.Array, optax.safe_increment(state.count)),
+        key=next_key)
     return jax.tree.unflatten(treedef, new_leaves), new_state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

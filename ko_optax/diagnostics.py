@@ -18,6 +18,7 @@ jitted training step.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -48,12 +49,14 @@ def _matrices(leaf: jax.Array, spec: particles_lib.ParticleSpec) -> jax.Array:
   return particles_lib.to_particles(jnp.asarray(leaf).astype(dtype), spec)
 
 
-def _per_system(fn, leaf: jax.Array, spec: particles_lib.ParticleSpec):
+def _per_system(fn: Callable[[jax.Array], Any], leaf: jax.Array,
+                spec: particles_lib.ParticleSpec) -> Any:
   """``fn`` of each system's (D, N) matrix; unbatched leaves give a scalar."""
   out = jax.vmap(fn)(_matrices(leaf, spec))
-  if not spec.batch_axes:
+  _, batch_axes = particles_lib.normalized_axes(spec)
+  if not batch_axes:
     return jax.tree.map(lambda x: x[0], out)
-  batch = tuple(leaf.shape[a] for a in spec.batch_axes)
+  batch = tuple(leaf.shape[a] for a in batch_axes)
   return jax.tree.map(lambda x: x.reshape(batch + x.shape[1:]), out)
 
 
@@ -72,7 +75,7 @@ def cosine_matrix(leaf: jax.Array, particle_axes: Any = -1) -> jax.Array:
   spec = particles_lib.resolve_particle_axes(particle_axes, leaf)[0]
   if spec is None:
     raise ValueError('cosine_matrix needs a leaf with ndim >= 2.')
-  def cosines(p):
+  def cosines(p: jax.Array) -> jax.Array:
     p_hat, _ = collision_lib.unit_columns(p)
     return p_hat.T @ p_hat
   return _per_system(cosines, leaf, spec)
@@ -129,7 +132,7 @@ def condensation(params: Any, *, particle_axes: Any = None) -> Any:
   leaves, treedef = jax.tree.flatten(params)
   specs = particles_lib.resolve_particle_axes(particle_axes, params)
   metrics = lambda p: Condensation(mean_abs_cos(p), effective_rank(p))
-  return treedef.unflatten([
+  return jax.tree.unflatten(treedef, [
       None if spec is None else _per_system(metrics, leaf, spec)
       for leaf, spec in zip(leaves, specs)])
 
@@ -147,7 +150,7 @@ def kinetic_temperature(updates: Any, *, particle_axes: Any = None) -> Any:
   """
   leaves, treedef = jax.tree.flatten(updates)
   specs = particles_lib.resolve_particle_axes(particle_axes, updates)
-  return treedef.unflatten([
+  return jax.tree.unflatten(treedef, [
       None if spec is None else _per_system(kinetic_temperature_of, leaf, spec)
       for leaf, spec in zip(leaves, specs)])
 

@@ -16,7 +16,8 @@ References:
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+import functools
+from typing import Any, cast, NamedTuple
 
 import chex
 import jax
@@ -34,7 +35,8 @@ class ThermalDiffusionState(NamedTuple):
     count: number of updates so far (the temperature schedule's step).
     key: typed PRNG key, split at every update.
   """
-  count: chex.Array
+  # The field shadows tuple.count, as ``count`` does in optax's states.
+  count: chex.Array  # type: ignore[assignment]
   key: chex.Array
 
 
@@ -75,8 +77,8 @@ def _noisy(leaves: list[jax.Array], key: jax.Array,
     if len(members) == 1:
       noise[members[0]] = jax.random.normal(keys[members[0]], shape, dtype)
       continue
-    drawn = jax.vmap(lambda k: jax.random.normal(k, shape, dtype))(
-        keys[np.asarray(members)])
+    draw = functools.partial(jax.random.normal, shape=shape, dtype=dtype)
+    drawn = jax.vmap(draw)(keys[np.asarray(members)])
     for j, i in enumerate(members):
       noise[i] = drawn[j]
   return [(g.astype(d) + scale.astype(d) * xi).astype(g.dtype)
@@ -117,25 +119,35 @@ def thermal_diffusion(
   """
   _checks.check_non_negative('temperature', temperature)
 
-  def init_fn(params):
+  def init_fn(params: optax.Params) -> ThermalDiffusionState:
     del params
     return ThermalDiffusionState(
         count=jnp.zeros([], jnp.int32), key=_checks.canonicalize_key(key))
 
-  def update_fn(updates, state, params=None, **extra_args):
+  def update_fn(
+      updates: optax.Updates,
+      state: optax.OptState,
+      params: optax.Params | None = None,
+      **extra_args: Any,
+  ) -> tuple[optax.Updates, ThermalDiffusionState]:
     del params, extra_args
+    state = cast(ThermalDiffusionState, state)  # what init_fn returned
     t = temperature(state.count) if callable(temperature) else temperature
     scale = jnp.sqrt(2.0 * jnp.asarray(t, jnp.float32))
     next_key, step_key = jax.random.split(state.key)
     leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(updates)
     leaves = [leaf for _, leaf in leaves_with_path]
-    keep = [True] * len(leaves) if mask is None else treedef.flatten_up_to(
-        mask(updates) if callable(mask) else mask)
+    if mask is None:
+      keep = [True] * len(leaves)
+    else:
+      # jaxlib ships no type stub for PyTreeDef: mypy cannot see its methods.
+      keep = treedef.flatten_up_to(  # type: ignore[attr-defined]
+          mask(updates) if callable(mask) else mask)
     active = [i for i, m in enumerate(keep) if m]
     for i in active:
       _check_floating(leaves[i], jax.tree_util.keystr(leaves_with_path[i][0]))
 
-    def diffuse(scale):
+    def diffuse(scale: jax.Array) -> list[jax.Array]:
       return _noisy([leaves[i] for i in active], step_key, scale)
 
     if _checks.is_concrete(t):
@@ -149,8 +161,10 @@ def thermal_diffusion(
     new_leaves = list(leaves)
     for i, new in zip(active, noisy):
       new_leaves[i] = new
+    # safe_increment is annotated ArrayLike; it returns an array for one.
     new_state = ThermalDiffusionState(
-        count=optax.safe_increment(state.count), key=next_key)
+        count=cast(chex.Array, optax.safe_increment(state.count)),
+        key=next_key)
     return jax.tree.unflatten(treedef, new_leaves), new_state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 import math
-from typing import Any, NamedTuple, Union
+from typing import Any, cast, NamedTuple, Union
 import warnings
 
 import jax
@@ -127,6 +127,8 @@ def normalize_spec(entry: Any, shape: tuple[int, ...],
   """
   if entry is None:
     return None
+  particle_axes: int | Sequence[int]  # checked by _as_tuple below
+  batch_axes: int | Sequence[int]
   if isinstance(entry, ParticleSpec):
     particle_axes, batch_axes = entry
   elif isinstance(entry, (int, tuple, list)) and not isinstance(entry, bool):
@@ -175,10 +177,11 @@ def _spec_leaves(spec: Any, updates: Any, name: str) -> list[Any]:
   treedef = jax.tree.structure(updates)
   if callable(spec) and not isinstance(spec, ParticleSpec):
     spec = spec(updates)
+  # jaxlib ships no type stub for PyTreeDef: mypy cannot see its methods.
   if spec is None or isinstance(spec, bool) or _is_single_spec(spec):
-    return [spec] * treedef.num_leaves
+    return [spec] * treedef.num_leaves  # type: ignore[attr-defined]
   try:
-    return treedef.flatten_up_to(spec)
+    return treedef.flatten_up_to(spec)  # type: ignore[attr-defined]
   except (ValueError, TypeError) as e:
     raise ValueError(
         f'{name} must be a single spec, a tree with the structure of the '
@@ -315,7 +318,7 @@ def flax_particle_axes(
 
   def spec(updates: Any) -> Any:
     leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(updates)
-    out = []
+    out: list[ParticleSpec | None] = []
     for p, leaf in leaves_with_path:
       shape = tuple(jnp.shape(leaf))
       path, names = jax.tree_util.keystr(p), path_names(p)
@@ -325,7 +328,7 @@ def flax_particle_axes(
         out.append(None)
       else:
         out.append(ParticleSpec(axes, tuple(range(batch))))
-    return treedef.unflatten(out)
+    return jax.tree.unflatten(treedef, out)
 
   return spec
 
@@ -390,15 +393,27 @@ def particle_shape(shape: tuple[int, ...],
                    spec: ParticleSpec) -> tuple[int, int, int]:
   """Returns ``(B, D, N)``: systems, particle dimension, particles per system.
   """
-  b = math.prod(shape[a] for a in spec.batch_axes)
-  n = math.prod(shape[a] for a in spec.particle_axes)
+  particle_axes, batch_axes = normalized_axes(spec)
+  b = math.prod(shape[a] for a in batch_axes)
+  n = math.prod(shape[a] for a in particle_axes)
   return b, math.prod(shape) // max(b * n, 1), n
 
 
+def normalized_axes(
+    spec: ParticleSpec) -> tuple[tuple[int, ...], tuple[int, ...]]:
+  """``(particle_axes, batch_axes)`` of a spec :func:`normalize_spec` made.
+
+  The functions below take normalized specs only, whose axes are tuples.
+  """
+  return (cast(tuple[int, ...], spec.particle_axes),
+          cast(tuple[int, ...], spec.batch_axes))
+
+
 def _permutation(ndim: int, spec: ParticleSpec) -> tuple[int, ...]:
+  particle_axes, batch_axes = normalized_axes(spec)
   rest = tuple(a for a in range(ndim)
-               if a not in spec.particle_axes and a not in spec.batch_axes)
-  return spec.batch_axes + rest + spec.particle_axes
+               if a not in particle_axes and a not in batch_axes)
+  return batch_axes + rest + particle_axes
 
 
 def to_particles(x: jax.Array, spec: ParticleSpec) -> jax.Array:

@@ -25,15 +25,19 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+import types
+from typing import Any, TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+  import matplotlib.figure
 
 EXTRA_HINT = ('ko_optax.plotting needs matplotlib: pip install '
               '"ko-optax[examples]" (or pip install matplotlib).')
 
 
-def pyplot():
+def pyplot() -> types.ModuleType:
   """Returns ``matplotlib.pyplot`` (Agg backend if none is set), or raises."""
   try:
     import matplotlib  # pylint: disable=g-import-not-at-top
@@ -48,7 +52,8 @@ def pyplot():
 
 def plot_curves(ax: Any, steps: np.ndarray, curves: Mapping[str, np.ndarray],
                 *, ylabel: str = '', title: str | None = None,
-                logy: bool = False, colors: Mapping[str, str] | None = None):
+                logy: bool = False,
+                colors: Mapping[str, str] | None = None) -> Any:
   """Draws one line per run, mean over seeds with a +-1 std band.
 
   Args:
@@ -84,12 +89,16 @@ def plot_curves(ax: Any, steps: np.ndarray, curves: Mapping[str, np.ndarray],
   return ax
 
 
-def plot_learning_curves(steps: np.ndarray,
-                         panels: Mapping[str, Mapping[str, np.ndarray]], *,
-                         logy: tuple[str, ...] = (), path: str | None = None,
-                         suptitle: str | None = None,
-                         colors: Mapping[str, str] | None = None,
-                         panel_size: tuple[float, float] = (4.0, 3.0)):
+def plot_learning_curves(
+    steps: np.ndarray,
+    panels: Mapping[str, Mapping[str, np.ndarray]],
+    *,
+    logy: tuple[str, ...] = (),
+    path: str | None = None,
+    suptitle: str | None = None,
+    colors: Mapping[str, str] | None = None,
+    panel_size: tuple[float, float] = (4.0, 3.0),
+) -> matplotlib.figure.Figure:
   """A row of :func:`plot_curves` panels, one per metric.
 
   Args:
@@ -137,7 +146,8 @@ def neuron_order(cos: np.ndarray) -> np.ndarray:
 
 def plot_cosine_matrices(matrices: Mapping[str, Any], *,
                          path: str | None = None, title: str | None = None,
-                         sort: bool = True, panel_size: float = 3.2):
+                         sort: bool = True,
+                         panel_size: float = 3.2) -> matplotlib.figure.Figure:
   """Side-by-side heatmaps of N x N neuron cosine-similarity matrices.
 
   Args:

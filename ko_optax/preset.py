@@ -145,13 +145,13 @@ def ko(
   _checks.check_choice('collide_on', collide_on, COLLIDE_ON)
   _checks.check_non_negative('learning_rate', learning_rate)
   _checks.check_non_negative('weight_decay', weight_decay)
-  steps = []
+  steps: list[optax.GradientTransformation] = []
   collide = collision is not None and not _is_python_zero(collision_rate)
   diffuse = not _is_python_zero(temperature)
   if collide or diffuse:
     root = _checks.canonicalize_key(key)
   collide_velocity = None
-  if collide:
+  if collide and collision is not None:
     collision_step = collision_lib.stochastic_collision(
         collision_rate, mode=collision, key=jax.random.fold_in(root, 0),
         particle_axes=particle_axes, mask=mask, threshold=threshold,
