@@ -99,7 +99,16 @@ def describe(spec) -> str:
 
 
 def build_row(spec):
-  """Returns (step_fn, args_fn, params, particle_axes_fn, info)."""
+  """Builds a row.
+
+  Args:
+    spec: a value of ``SIZES[size]``.
+
+  Returns:
+    ``(make_step, params, scanned)``: ``make_step(tx)`` gives the step
+    function and a function of ``(params, opt_state)`` returning its
+    arguments; ``scanned`` says whether the tree has stacked blocks.
+  """
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
@@ -343,6 +352,36 @@ def table(results, trees, a):
   return '\n'.join(lines)
 
 
+def compare_table(results, old, new, rows):
+  """Compact markdown: compile seconds (x Adam) and step ratios, old -> new."""
+  def comp(res, name):
+    c = fmt_compile(res, name)
+    o = (res or {}).get('optimizers', {})
+    if o.get(name, {}).get('status') == 'done' and \
+        o.get('adam', {}).get('status') == 'done':
+      c += f' (x{o[name]["total_s"] / o["adam"]["total_s"]:.1f})'
+    return c
+
+  def step(res, name):
+    r = (res or {}).get('step_ratio', {}).get(name)
+    return '-' if r is None else f'x{r:.2f}'
+
+  lines = ['| row | leaves | Adam compile s | KO-hard compile s | '
+           'KO-soft compile s | KO-hard step / Adam | KO-soft step / Adam |',
+           '|---|---|---|---|---|---|---|']
+  for row in rows:
+    a, b = results.get(old, {}).get(row), results.get(new, {}).get(row)
+    if a is None and b is None:
+      continue
+    leaves = (b or a).get('leaves', '-')
+    cells = [row, str(leaves),
+             f'{fmt_compile(a, "adam")} -> {fmt_compile(b, "adam")}']
+    cells += [f'{comp(a, n)} -> {comp(b, n)}' for n in ('ko_hard', 'ko_soft')]
+    cells += [f'{step(a, n)} -> {step(b, n)}' for n in ('ko_hard', 'ko_soft')]
+    lines.append('| ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines)
+
+
 def driver(a):
   sys.path.insert(0, HERE)
   import timing  # pylint: disable=g-import-not-at-top
@@ -408,7 +447,11 @@ def main(argv=None):
                   '(default: a folder under the temp dir)')
   ap.add_argument('--force', action='store_true',
                   help='rerun rows already in the JSON')
-  ap.add_argument('--table-only', action='store_true')
+  ap.add_argument('--table-only', action='store_true',
+                  help='print the table of the saved JSON, run nothing')
+  ap.add_argument('--compare', default=None,
+                  help='OLD,NEW: with --table-only, one compact table of '
+                  'two checkouts (old -> new)')
   # worker mode
   ap.add_argument('--row', default=None, help=argparse.SUPPRESS)
   ap.add_argument('--ko-path', default=None,
@@ -424,7 +467,11 @@ def main(argv=None):
   if a.table_only:
     with open(os.path.join(a.out, f'compile_{a.tag}.json')) as f:
       saved = json.load(f)
-    print(table(saved['results'], list(saved['results']), a))
+    if a.compare:
+      old, new = a.compare.split(',')
+      print(compare_table(saved['results'], old, new, a.rows.split(',')))
+    else:
+      print(table(saved['results'], list(saved['results']), a))
     return saved
   return driver(a)
 
