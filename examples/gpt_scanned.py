@@ -35,14 +35,14 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from flax import nnx
 import jax  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import nnx
 
-import ko_optax
 from ko_examples import gpt
+import ko_optax
 
 KERNELS = ('q', 'k', 'v', 'o', 'up', 'down')
 

@@ -143,6 +143,7 @@ def build_row(spec):
     scanned = False
   else:
     from flax import nnx  # pylint: disable=g-import-not-at-top
+
     from ko_examples import gpt  # pylint: disable=g-import-not-at-top
     _, depth, width, scanned, batch, context = spec
     cfg = gpt.GPTConfig(context=context, width=width, depth=depth,
@@ -168,6 +169,7 @@ def build_row(spec):
 
 def make_optimizer(name, scanned, lr=1e-3):
   import optax  # pylint: disable=g-import-not-at-top
+
   import ko_optax  # pylint: disable=g-import-not-at-top
   if name == 'adam':
     return optax.adam(lr), None
@@ -219,7 +221,8 @@ def worker(a):
     t2 = time.perf_counter()
     timing.block(exe(*args(params, state)))
     t3 = time.perf_counter()
-    compiled[name] = (lambda exe=exe, a=args(params, state): exe(*a))
+    call_args = args(params, state)
+    compiled[name] = (lambda exe=exe, a=call_args: exe(*a))
     out['optimizers'][name] = dict(
         status='done', particle_axes=axes, trace_s=t1 - t0,
         compile_s=t2 - t1, total_s=t2 - t0, first_call_s=t3 - t2)

@@ -26,8 +26,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import sysconfig
-import zlib
 from typing import Any
+import zlib
 
 from flax import nnx
 import jax
