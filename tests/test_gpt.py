@@ -24,7 +24,7 @@ def _pair(depth=3, width=32, heads=4, context=16):
 
 
 def test_scanned_blocks_are_stacked_leaves():
-  flat, scanned = _pair(depth=3, width=32)
+  flat, scanned = nnx.eval_shape(lambda: _pair(depth=3, width=32))
   params = nnx.to_pure_dict(nnx.state(scanned, nnx.Param))
   assert params['blocks']['q']['kernel'].shape == (3, 32, 32)
   assert params['blocks']['up']['kernel'].shape == (3, 32, 128)
@@ -39,14 +39,17 @@ def test_scanned_equals_unscanned_for_the_same_weights():
   flat, scanned = _pair(depth=3, width=32)
   x = jnp.asarray(np.random.default_rng(0).integers(0, 256, (2, 16)),
                   jnp.int32)
-  before = scanned(x)
+  forward = nnx.jit(lambda m, x: m(x))
+  before = forward(scanned, x)
   gpt.stack_blocks(flat, scanned)
-  np.testing.assert_allclose(scanned(x), flat(x), atol=2e-5, rtol=1e-5)
-  assert not np.allclose(before, flat(x))   # the copy did something
+  np.testing.assert_allclose(forward(scanned, x), forward(flat, x),
+                             atol=2e-5, rtol=1e-5)
+  assert not np.allclose(before, forward(flat, x))   # the copy did something
   # and the same gradients, block i of the stacked leaf = block i of the list
   y = jnp.roll(x, -1, axis=1)
-  g_flat = nnx.grad(lambda m: gpt.lm_loss(m(x), y))(flat)
-  g_scan = nnx.grad(lambda m: gpt.lm_loss(m(x), y))(scanned)
+  grad = nnx.jit(nnx.grad(lambda m, x, y: gpt.lm_loss(m(x), y)))
+  g_flat = grad(flat, x, y)
+  g_scan = grad(scanned, x, y)
   g_flat = nnx.to_pure_dict(g_flat)
   g_scan = nnx.to_pure_dict(g_scan)
   for i in range(3):
