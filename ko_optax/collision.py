@@ -467,8 +467,16 @@ class CollisionGroup(NamedTuple):
 def plan_groups(g_leaves: list[jax.Array],
                 specs: list[particles_lib.ParticleSpec],
                 cell_size: int | None = None, cell_groups: int = 1,
-                paths: list[str] | None = None) -> list[CollisionGroup]:
+                paths: list[str] | None = None,
+                stack: bool = True) -> list[CollisionGroup]:
   """Groups colliding leaves by particle shape, dtype and sharding.
+
+  With ``stack=False`` every leaf is its own group (its systems are still
+  collided in one batched call). :func:`stochastic_collision` does that for
+  the deterministic soft collision on CPU: XLA:CPU compiles identical
+  kernels once, so equal-shape leaves collided one by one compile like one,
+  while cutting a stacked result back into leaves makes one distinct kernel
+  per leaf (500 leaves of (8, 8): 20 s against 72 s, docs/benchmarks.md).
 
   Leaves whose systems share ``(D, N)``, the compute dtype and their
   explicit sharding form a group. Unsharded groups of one N on the
@@ -502,6 +510,9 @@ def plan_groups(g_leaves: list[jax.Array],
       exact.items(), key=lambda kv: (-kv[0][0], kv[0][1], str(kv[0][2]))):
     count = sum(shape[k][0] for k in members)
     group = [d, n, dtype, sharding, list(members), count * d, count]
+    if not stack:
+      groups.extend([d, n, dtype, sharding, [k], 0, 0] for k in members)
+      continue
     if sharding != 'None' or _uses_cells(n, cell_size, cell_groups):
       groups.append(group)
       continue
@@ -778,8 +789,10 @@ def stochastic_collision(
     active = [i for i, s in enumerate(specs) if s is not None]
     active_specs = [s for s in specs if s is not None]
     paths = [jax.tree_util.keystr(leaves_with_path[i][0]) for i in active]
-    groups = plan_groups([leaves[i] for i in active], active_specs,
-                         cell_size, cell_groups, paths)
+    groups = plan_groups(
+        [leaves[i] for i in active], active_specs, cell_size, cell_groups,
+        paths, stack=(mode == 'hard' or cell_size is not None
+                      or jax.default_backend() != 'cpu'))
     randomness = group_randomness(step_key, groups, mode=mode,
                                   cell_size=cell_size,
                                   cell_groups=cell_groups)
