@@ -30,7 +30,7 @@ want() { case ",$PARTS," in *",$1,"*) return 0 ;; esac; return 1; }
 if want cost; then
 timeout 300 $PY examples/benchmarks/cost_benchmark.py \
   --models resnet18,transformer,mlp512,cnn --repeats 50 --warmup 5 \
-  --tag gpu --with-v1 --with-rungs --out "$OUT" 2>&1 | tee "$OUT/cost_gpu.txt"
+  --tag gpu --with-v1 --out "$OUT" 2>&1 | tee "$OUT/cost_gpu.txt"
 fi
 
 # 2. Scaling of one leaf with N and D.
