@@ -115,8 +115,7 @@ def _own_share(randomness, b, d):
 @pytest.mark.parametrize('options', [
     dict(mode='soft', normalization='norm'),
     dict(mode='hard'),
-    dict(mode='hard', cell_size=4),
-], ids=['soft-norm', 'hard', 'hard-cells'])
+], ids=['soft-norm', 'hard'])
 def test_grouped_collision_equals_each_system_alone(options):
   tx = ko_optax.stochastic_collision(2.0, key=5, particle_axes=SPECS,
                                      **options)
