@@ -173,10 +173,13 @@ def collide_in_cells(
       cells never cross a block. Must divide N. Use the number of shards of
       the particle axis (or a multiple) for communication-free collisions.
     pairs: hard collisions: instead of cells of C, ``collide`` receives each
-      block in hash order with pairs as neighbouring columns (..., D, 2M).
+      block in hash order with pairs as neighbouring columns (..., D, 2M);
+      with one particle per block it is not called.
 
   Returns:
-    The new velocities, a (D, N) matrix with the sharding of ``g``.
+    The new velocities, a (D, N) matrix with the sharding of ``g``. Works
+    under ``jax.vmap`` over leading axes of ``w``, ``g`` and ``key`` (one
+    key per particle system).
 
   Raises:
     ValueError: if ``groups`` does not divide N.
@@ -227,7 +230,10 @@ def collide_in_cells(
   # gather into every consumer and redo it there (1.5x slower on CPU).
   ws, gs = jax.lax.optimization_barrier((ws, gs))
   cols = lambda x: jnp.swapaxes(x, -1, -2)
-  if pairs:
+  if pairs and block < 2:
+    # One particle per block: no pair, nothing collides.
+    new_sorted = gs
+  elif pairs:
     m = 2 * (block // 2)
     new_paired = cols(collide(cols(ws[:, :m]), cols(gs[:, :m]), collide_key))
     new_sorted = jnp.concatenate([new_paired, gs[:, m:]], axis=1)

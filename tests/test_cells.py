@@ -216,6 +216,50 @@ def test_cells_keep_dtype_and_shape_of_non_default_layouts():
   assert out['k'].shape == (3, 3, 4, 20)
 
 
+def _pairs_only(w, g, k):
+  assert g.shape[-1] >= 2, 'collide called without a pair'
+  return _hard(w, g, k)
+
+
+def test_hard_in_cells_with_one_particle_per_block_is_identity():
+  # cell_groups = N leaves every particle alone in its block: no pair, so
+  # nothing collides and ``collide`` is not called (it used to get zero
+  # pairs, and the hard collision failed on a max over them).
+  w, g = _random((3, 2), 17), _random((3, 2), 18)
+  new = _cells(w, g, jax.random.key(0), _pairs_only, cell_size=1, groups=2,
+               pairs=True)
+  np.testing.assert_array_equal(new, g)
+  params = {'head': _random((4, 2), 19)}
+  grads = {'head': _random((4, 2), 20)}
+  tx = ko_optax.stochastic_collision(0.1, mode='hard', cell_size=1,
+                                     cell_groups=2)
+  (out,), _ = _update(tx, grads, params)
+  np.testing.assert_array_equal(out['head'], grads['head'])
+
+
+# -- batching: vmap over stacked particle systems, the accelerator layout ----
+
+
+def _mix(w, g, k):
+  """A cheap stand-in for a collision: depends on the partners and the key."""
+  mean = jnp.mean(g, axis=-1, keepdims=True)
+  return g + jax.random.uniform(k) * (mean - g) + 0.1 * w
+
+
+def test_vmap_over_systems_matches_one_system_at_a_time():
+  # 3 systems of 2 blocks of 15 (odd blocks: padded cells, an idle particle
+  # in each block of pairs), one key per system.
+  w, g = _random((3, 5, 30), 21), _random((3, 5, 30), 22)
+  keys = jax.random.split(jax.random.key(6), 3)
+  fns = [functools.partial(cells.collide_in_cells, collide=_mix, cell_size=4,
+                           groups=2, pairs=pairs) for pairs in (False, True)]
+  batched = jax.jit(lambda *a: [jax.vmap(fn)(*a) for fn in fns])(w, g, keys)
+  one_by_one = jax.jit(lambda *a: [
+      jnp.stack([fn(*(x[s] for x in a)) for s in range(3)]) for fn in fns])
+  for got, want in zip(batched, one_by_one(w, g, keys)):
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
 # -- errors ------------------------------------------------------------------
 
 
