@@ -206,9 +206,7 @@ def unit_directions(bits: jax.Array, dtype: Any) -> jax.Array:
   Each column holds D standard normal numbers scaled to unit length, which
   is isotropic on the sphere S^{D-1}.
   """
-  z = normal_from_bits(bits, dtype)
-  norms = jnp.sqrt(jnp.sum(jnp.square(z), axis=-2, keepdims=True))
-  return z / jnp.where(norms > 0, norms, 1.0)
+  return unit_columns(normal_from_bits(bits, dtype))[0]
 
 
 def pair_words(n: int, d: int, *, pairing: bool) -> int:
@@ -352,21 +350,9 @@ def hard_collision(
   if n < 2:
     return g
   bits = jax.random.bits(key, (pair_words(n, d, pairing=True),), jnp.uint32)
-  return hard_collision_from_bits(w, g, rate, bits, length_scale=length_scale)
-
-
-def hard_collision_from_bits(
-    w: jax.Array, g: jax.Array, rate: Any, bits: jax.Array, *,
-    length_scale: Any = 20.0,
-) -> jax.Array:
-  """:func:`hard_collision` with its random words given (see
-  :func:`pair_randomness`), shape ``(pair_words(N, D, pairing=True),)``."""
-  d, n = g.shape
-  if n < 2:
-    return g
   order, u, directions = pair_randomness(bits, n, d, pairing=True,
                                          dtype=g.dtype)
-  assert order is not None  # pairing=True always draws one
+  assert order is not None  # drawn with pairing=True
   return _hard_collision_paired(w, g, rate, order, u, directions,
                                 length_scale=length_scale)
 
@@ -376,12 +362,9 @@ def _hard_collision_paired(
     directions: jax.Array, *, length_scale: Any,
 ) -> jax.Array:
   """The DSMC step of (D, N) matrices, given the pairing ``order`` (N,),
-  the acceptance uniforms (M,) and the scattering directions (D, M); the
-  directions need not be unit vectors (they are normalised here)."""
+  the acceptance uniforms (M,) and the unit scattering directions (D, M)."""
   d, n = g.shape
   m = n // 2
-  norms = jnp.sqrt(jnp.sum(jnp.square(directions), axis=0, keepdims=True))
-  directions = directions / jnp.where(norms > 0, norms, 1.0)
   # Particles as rows (contiguous on CPU), in pairing order: pair k is rows
   # 2k and 2k + 1. One row gather in, one row gather (by the inverse
   # permutation) out; no scatter.
@@ -538,8 +521,8 @@ def group_randomness(key: jax.Array, groups: list[CollisionGroup], *,
 
   Returns, per group: None (soft without cells: deterministic), B typed
   keys (collision cells), or the hard collision's ``(order (B, N), uniforms
-  (B, M), directions (B, D, M))``, with the directions standard normal and
-  zero beyond each system's own D (they are normalised in the collision).
+  (B, M), directions (B, D, M))``, with unit directions that are zero
+  beyond each system's own D.
   All the hard collisions of a tree are cut from ONE ``jax.random.bits``
   draw, converted by one sort (every pairing at once, each system sorted
   inside its own segment), one uniform and one normal conversion, and the
@@ -588,7 +571,7 @@ def group_randomness(key: jax.Array, groups: list[CollisionGroup], *,
       z = jnp.where(np.arange(gr.d)[None, :, None] < dims[:, None, None],
                     z, 0.0)
     out[k] = (order[so:so + ss].reshape(b, gr.n),
-              uniforms[uo:uo + us].reshape(b, m), z)
+              uniforms[uo:uo + us].reshape(b, m), unit_columns(z)[0])
     so, uo, do = so + ss, uo + us, do + ds
   return out
 
