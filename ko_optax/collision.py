@@ -56,7 +56,7 @@ from ko_optax import cells as cells_lib
 from ko_optax import particles as particles_lib
 
 MODES = ('soft', 'hard')
-NORMALIZATIONS = (None, 'mean', 'norm')
+NORMALIZATIONS = (None, 'mean', 'norm', 'similarity')
 _TINY = 1e-30
 
 
@@ -132,7 +132,14 @@ def soft_collision(
     normalization: None (the paper: plain sum over partners), ``'mean'``
       (divide the sum by the number of partners, N - 1, or N with
       ``include_self``), or ``'norm'`` (rescale each particle's repulsion to
-      length ``|g_i|``, so that ``rate`` is a fraction of the gradient).
+      length ``|g_i|``, so that ``rate`` is a fraction of the gradient,
+      whatever the particle's similarity to the others: a lone particle is
+      pushed as hard as one of a condensed cluster), or ``'similarity'``
+      (divide the sum by ``max(1, sum_j |S_ij|)``: below a total similarity
+      of 1 it is the paper's plain sum, above it a similarity-weighted mean
+      of the partners' velocities, so the push grows with how alike the
+      particles are and never exceeds ``rate`` times the largest partner
+      velocity).
 
   Returns:
     The collided velocities, shape and dtype of ``g``.
@@ -164,6 +171,11 @@ def soft_collision(
     r_norms = jnp.sqrt(jnp.sum(jnp.square(repulsion), axis=-2, keepdims=True))
     factor = g_norms / jnp.where(r_norms > 0, r_norms, 1.0)
     return g - (rate * factor) * repulsion
+  elif normalization == 'similarity':
+    # The kernel's total weight per particle, floored at 1: the plain sum
+    # for weakly similar particles, a weighted mean for condensed ones.
+    total = jnp.sum(jnp.abs(s), axis=-2, keepdims=True)
+    return g - (rate / jnp.maximum(total, 1.0)) * repulsion
   return g - rate * repulsion
 
 
@@ -705,8 +717,11 @@ def stochastic_collision(
       ``exp(-|w_i - w_j| / L)``; the reference code's 0.05 per unit distance
       is L = 20.
     normalization: soft mode: None (plain sum, as in the paper), ``'mean'``
-      (divide by the number of partners) or ``'norm'`` (repulsion rescaled
-      to ``|g_i|``, width independent).
+      (divide by the number of partners), ``'norm'`` (repulsion rescaled
+      to ``|g_i|``, width independent, the same push whatever the
+      similarity) or ``'similarity'`` (divide by ``max(1, sum_j |S_ij|)``:
+      the push grows with similarity and stays bounded); see
+      :func:`soft_collision`.
     cell_size: None collides all pairs of a leaf. An int C sorts the
       particles into collision cells of at most C by a random-hyperplane
       hash of their weight directions, re-drawn each step, and collides only

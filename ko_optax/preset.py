@@ -108,7 +108,10 @@ def ko(
       ``ko_optax.flax_particle_axes(stacked='<stack name>')``; see
       :func:`ko_optax.stochastic_collision`.
     normalization: soft mode only. ``'norm'`` (the default here) rescales
-      each particle's repulsion to ``|g_i|``; None is the paper's plain sum,
+      each particle's repulsion to exactly ``rate * |g_i|``, however alike
+      or unlike the particles are; ``'similarity'`` divides the plain sum
+      by ``max(1, sum_j |S_ij|)``, so the push grows with similarity and
+      is bounded; None is the paper's plain sum,
       which reverses and amplifies the gradient of condensed layers once
       ``rate * (N - 1) > 2`` (docs/benchmarks.md); ``'mean'`` divides it by
       ``N - 1``. ``stochastic_collision`` keeps the paper's None default.

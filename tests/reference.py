@@ -39,4 +39,6 @@ def soft_collision(w, g, rate, threshold=0.0, include_self=False,
     R = R / max(n if include_self else n - 1, 1)
   elif normalization == 'norm':
     R = unit_rows(R) * np.linalg.norm(G, axis=1, keepdims=True)
+  elif normalization == 'similarity':
+    R = R / np.maximum(np.abs(S).sum(axis=1, keepdims=True), 1.0)
   return unparticles(G - rate * R, shape, axis)

@@ -35,7 +35,8 @@ def _apply(tx, grads, params, steps=1):
 @pytest.mark.parametrize('threshold, include_self, normalization', [
     (0.0, False, None), (0.0, True, None), (-1.0, False, None),
     (0.2, False, None), (0.0, False, 'mean'), (0.0, True, 'mean'),
-    (0.0, False, 'norm'),
+    (0.0, False, 'norm'), (0.0, False, 'similarity'),
+    (0.0, True, 'similarity'),
 ])
 def test_soft_matches_reference(shape, threshold, include_self, normalization):
   w, g = _random(shape, 0), _random(shape, 1)
@@ -343,3 +344,24 @@ def test_schedule_is_evaluated_at_the_step_count():
   np.testing.assert_allclose(second, reference.soft_collision(w, g, 0.1),
                              rtol=2e-5, atol=2e-6)
   assert int(state.count) == 2
+
+
+def test_similarity_normalization_grows_with_similarity():
+  # 'norm' pushes every particle by exactly rate * |g_i|, alike or not;
+  # 'similarity' pushes a condensed layer as 'norm' does (its repulsion is
+  # the mean of N - 1 equal velocities) and a random layer much less.
+  n, d, rate = 16, 64, 0.1
+  rng = np.random.default_rng(0)
+  g_same = jnp.ones((d, n))
+  w_same = jnp.ones((d, n))
+  for norm in ('norm', 'similarity'):
+    out = collision.soft_collision(w_same, g_same, rate, normalization=norm)
+    np.testing.assert_allclose(out, 0.9 * g_same, rtol=1e-6)
+  w = jnp.asarray(rng.normal(size=(d, n)), jnp.float32)
+  g = jnp.asarray(rng.normal(size=(d, n)), jnp.float32)
+  change = {}
+  for norm in ('norm', 'similarity'):
+    out = collision.soft_collision(w, g, rate, normalization=norm)
+    change[norm] = np.linalg.norm(out - g, axis=0) / np.linalg.norm(g, axis=0)
+  np.testing.assert_allclose(change['norm'], rate, rtol=1e-5)
+  assert change['similarity'].max() < 0.2 * rate
