@@ -35,6 +35,7 @@ API_GROUPS = (
     ('diffusion', ('ko_optax.diffusion',), ()),
     ('advection', ('ko_optax.advection',), ()),
     ('preset', ('ko_optax.preset',), ()),
+    ('recipes', ('ko_optax.recipes',), ()),
     ('particles', ('ko_optax.particles',), ()),
     ('diagnostics', ('ko_optax.diagnostics',), ()),
     ('keys-plotting', ('ko_optax.keys', 'ko_optax.plotting'),

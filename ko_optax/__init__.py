@@ -27,6 +27,8 @@ from ko_optax.particles import flax_particle_axes
 from ko_optax.particles import ParticleSpec
 from ko_optax.particles import resolve_particle_axes
 from ko_optax.preset import ko
+from ko_optax.recipes import ko_gpt
+from ko_optax.recipes import last_block_mask
 
 __version__ = '0.1.0'
 
@@ -46,6 +48,8 @@ __all__ = (
     'kinetic_advection',
     'kinetic_temperature',
     'ko',
+    'ko_gpt',
+    'last_block_mask',
     'resolve_particle_axes',
     'soft_collision',
     'stochastic_collision',
