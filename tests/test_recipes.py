@@ -10,8 +10,8 @@ import numpy as np
 import optax
 import pytest
 
-import ko_optax
 from ko_examples import gpt as gpt_lib
+import ko_optax
 
 
 @functools.cache
