@@ -2,14 +2,18 @@
 # One prepared script for a GPU machine (H100 / H200; jax with CUDA, flax and
 # optax installed, nothing else needed): the cost benchmark (ResNet-18 at
 # batch 128 is the target model), the collision scaling curve at GPU sizes,
-# a short accuracy run, and the compile time of KO on real model trees.
+# a short accuracy run, the compile time of KO on real model trees, and the
+# language-model study (issue 10) at its CPU size (all arms, 5 seeds, the
+# learning-rate grid) and at its GPU size (fewer seeds and rates).
 # Results go under $OUT (default ./gpu_out).
 #
 #   OUT=/some/dir PYTHONPATH=. bash examples/benchmarks/gpu_run.sh
 #
 # About 7-9 minutes on an H100 for parts 1-3, at most 3 more for part 4
 # (compile times); PARTS=compile (or any comma list of cost, scaling,
-# accuracy, compile) runs only those parts. mnist1d / scikit-learn are not
+# accuracy, compile, lm, lm_gpu) runs only those parts; lm and lm_gpu are
+# not in the default list (about 5 and 4 minutes on an H200).
+# LM_SIZE=quick LM_GPU_SIZE=quick SIZE=tiny make a dry run on any machine. mnist1d / scikit-learn are not
 # needed: the accuracy run uses MNIST-1D if the package is there, a generated
 # task if not.
 set -u
@@ -24,31 +28,30 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv \
 $PY -c "import jax; print(jax.devices())" >> "$OUT/gpu.txt" 2>&1
 cat "$OUT/gpu.txt"
 PARTS=${PARTS:-cost,scaling,accuracy,compile}
-want() { case ",$PARTS," in *",$1,"*) return 0 ;; esac; return 1; }
 
 # 1. Cost: ResNet-18 first (the target), then the other models.
-if want cost; then
+part_cost() {
 timeout 300 $PY examples/benchmarks/cost_benchmark.py \
   --models resnet18,transformer,mlp512,cnn --repeats 50 --warmup 5 \
   --tag gpu --with-v1 --out "$OUT" 2>&1 | tee "$OUT/cost_gpu.txt"
-fi
+}
 
 # 2. Scaling of one leaf with N and D.
-if want scaling; then
+part_scaling() {
 timeout 120 $PY examples/benchmarks/collision_scaling.py \
   --ns 256,1024,4096,16384 --ds 256,1024,4096,16384 --fixed-d 1024 \
   --fixed-n 1024 --repeats 30 --tag gpu --out "$OUT" 2>&1 \
   | tee "$OUT/scaling_gpu.txt"
-fi
+}
 
 # 3. A short accuracy run (adam against KO-soft and KO-hard, 5 seeds).
-if want accuracy; then
+part_accuracy() {
 TASK=synthetic_mlp
 $PY -c "import mnist1d" 2>/dev/null && TASK=mnist1d_mlp
 timeout 150 $PY examples/benchmarks/accuracy_study.py --task $TASK \
   --only adam,ko_soft_adam,ko_hard_adam --out "$OUT" 2>&1 \
   | tee "$OUT/accuracy_gpu.txt"
-fi
+}
 
 # 4. Compile time on real model trees (issue 9): ResNet-18 (width 64, batch
 # 128) and the 12-block GPT, list of blocks and scanned, with the current
@@ -56,7 +59,7 @@ fi
 # only", extracted with git archive) when git and that commit are there or
 # BEFORE=/path/to/checkout is given. Each (row, checkout) is capped at
 # $COMPILE_ROW_TIMEOUT s; SIZE=tiny is a dry run on any machine.
-if want compile; then
+part_compile() {
 BEFORE=${BEFORE:-}
 if [ -z "$BEFORE" ] && git rev-parse --git-dir >/dev/null 2>&1; then
   C=$(git log --format=%h -1 --grep='^Public optax API only' 2>/dev/null)
@@ -68,8 +71,32 @@ fi
 TREES="after=."
 [ -n "$BEFORE" ] && [ -d "$BEFORE/ko_optax" ] && TREES="before=$BEFORE,after=."
 timeout ${COMPILE_TIMEOUT:-180} $PY examples/benchmarks/compile_benchmark.py \
-  --size ${SIZE:-gpu} --rows resnet18,gpt12,gpt12_scan --trees "$TREES" \
+  --size ${SIZE:-gpu} --rows ${COMPILE_ROWS:-resnet18,gpt12,gpt12_scan} --trees "$TREES" \
   --timeout ${COMPILE_ROW_TIMEOUT:-50} --repeats 20 --tag gpu --out "$OUT" \
   --work-dir "$OUT/compile_rows" 2>&1 | tee "$OUT/compile_gpu.txt"
-fi
+}
+
+# 5. The language-model study at its CPU size, run where it is fast: every
+# arm, 5 seeds, the learning-rate grid (examples/benchmarks/lm_study.py).
+part_lm() {
+timeout ${LM_TIMEOUT:-360} $PY examples/benchmarks/lm_study.py \
+  --size ${LM_SIZE:-cpu} --seeds 5 --tag ${LM_TAG:-cpu_size_on_gpu} \
+  --max-minutes ${LM_MINUTES:-5} --out "$OUT" 2>&1 | tee "$OUT/lm_cpu_size.txt"
+}
+
+# 6. The study at its GPU size (12 blocks x 512): 2 seeds, 2 learning rates.
+part_lm_gpu() {
+timeout ${LM_GPU_TIMEOUT:-240} $PY examples/benchmarks/lm_study.py \
+  --size ${LM_GPU_SIZE:-gpu} --seeds 2 --lrs ${LM_GPU_LRS:-1e-3,3e-3} \
+  --step-repeats 10 --tag ${LM_GPU_TAG:-gpu_size} \
+  --max-minutes ${LM_GPU_MINUTES:-3} --out "$OUT" 2>&1 \
+  | tee "$OUT/lm_gpu_size.txt"
+}
+# The parts run in the order PARTS names them.
+for part in ${PARTS//,/ }; do
+  case $part in
+    cost|scaling|accuracy|compile|lm|lm_gpu) "part_$part" ;;
+    *) echo "unknown part $part (cost, scaling, accuracy, compile, lm, lm_gpu)";;
+  esac
+done
 ls -l "$OUT"

@@ -175,6 +175,69 @@ def stdlib_dir() -> str:
   return sysconfig.get_paths()['stdlib']
 
 
+def read_text_splits(root: str, *, suffix: str = '.py',
+                     heldout_every: int = 10, max_bytes: int | None = None,
+                     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+  """Reads the files under ``root`` as bytes, split into train, val and test.
+
+  The split is by file, with a fixed rule: with ``r`` the CRC-32 of a file's
+  path relative to ``root`` modulo ``heldout_every``, ``r == 0`` goes to
+  validation, ``r == 1`` to test, the rest to train. So the same files give
+  the same split on every machine, no file is in two splits, and the
+  validation files are those of :func:`read_text_folder`. Files are read in
+  sorted order, each followed by a NUL byte, until ``max_bytes`` are read.
+
+  Args:
+    root: folder to walk (recursively; ``site-packages`` and
+      ``__pycache__`` are skipped).
+    suffix: which files to read.
+    heldout_every: one file in about ``heldout_every`` goes to validation,
+      one to test (at least 3).
+    max_bytes: stop after this many bytes in all (None: read everything).
+
+  Returns:
+    ``(splits, info)``: ``splits`` maps 'train', 'val', 'test' to uint8
+    arrays; ``info`` counts their files and bytes and names the root.
+
+  Raises:
+    ValueError: when a split would be empty.
+  """
+  if heldout_every < 3:
+    raise ValueError(f'heldout_every must be >= 3, got {heldout_every}')
+  paths = []
+  for dirpath, dirnames, filenames in os.walk(root):
+    dirnames[:] = sorted(d for d in dirnames
+                         if d not in ('site-packages', '__pycache__'))
+    paths += [os.path.join(dirpath, f) for f in sorted(filenames)
+              if f.endswith(suffix)]
+  parts: dict[str, list[bytes]] = {'train': [], 'val': [], 'test': []}
+  total = 0
+  for path in sorted(paths):
+    rel = os.path.relpath(path, root)
+    try:
+      with open(path, 'rb') as f:
+        data = f.read()
+    except OSError:
+      continue
+    r = zlib.crc32(rel.encode()) % heldout_every
+    split = 'val' if r == 0 else 'test' if r == 1 else 'train'
+    parts[split].append(data + b'\0')
+    total += len(data) + 1
+    if max_bytes is not None and total >= max_bytes:
+      break
+  empty = [k for k, v in parts.items() if not v]
+  if empty:
+    raise ValueError(f'too few {suffix} files under {root} for a split: '
+                     f'{", ".join(empty)} would be empty')
+  arrays = {k: np.frombuffer(b''.join(v), np.uint8) for k, v in parts.items()}
+  info: dict[str, Any] = {'root': root, 'suffix': suffix,
+                          'heldout_every': heldout_every}
+  for k in parts:
+    info[f'{k}_files'] = len(parts[k])
+    info[f'{k}_bytes'] = int(arrays[k].size)
+  return arrays, info
+
+
 def read_text_folder(root: str, *, suffix: str = '.py',
                      val_every: int = 10, max_bytes: int | None = None,
                      ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
@@ -184,6 +247,7 @@ def read_text_folder(root: str, *, suffix: str = '.py',
   is divisible by ``val_every`` (a fixed rule: the same split on every
   machine with the same files, no file in both). Files are read in sorted
   order, each followed by a NUL byte, until ``max_bytes`` are read.
+  :func:`read_text_splits` also holds out a test split.
 
   Args:
     root: folder to walk (recursively; ``site-packages`` is skipped).
