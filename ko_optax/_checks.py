@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
+import warnings
+import zlib
 
 import jax
 import jax.numpy as jnp
@@ -28,23 +30,89 @@ def is_concrete(value: Any) -> bool:
   return isinstance(value, (int, float, np.ndarray, np.number, jax.Array))
 
 
-def check_non_negative(name: str, value: Any) -> None:
-  """Raises ValueError if a concrete ``value`` has a negative entry.
+def is_static_number(value: Any) -> bool:
+  """True for Python and NumPy numbers: values fixed at construction.
 
-  Schedules (callables) and traced values are accepted as they are: their
-  values are only known inside ``update``.
+  JAX arrays are not: ``optax.inject_hyperparams`` passes its numbers as JAX
+  arrays (traced under jit, concrete without), and such run-time values
+  follow the run-time policy (:func:`bad_rate`) so that a bad value acts
+  the same with and without jit.
   """
-  if callable(value) or not is_concrete(value):
+  return isinstance(value, (int, float, np.ndarray, np.number)) and (
+      not isinstance(value, jax.Array))
+
+
+def check_non_negative(name: str, value: Any) -> None:
+  """Raises ValueError if a Python or NumPy ``value`` is negative or NaN.
+
+  Schedules (callables) and JAX arrays (traced or not) are only type
+  checked: their values are run-time values (:func:`is_static_number`).
+  """
+  check_scalar(name, value)
+  if not is_static_number(value):
     return
   array = np.asarray(value)
-  if not np.issubdtype(array.dtype, np.number):
-    raise TypeError(f'{name} must be a number or a schedule, got {value!r}.')
   if np.any(np.isnan(array)):
     raise ValueError(f'{name} must not be NaN.')
   if np.any(array < 0):
     raise ValueError(
         f'{name} must be >= 0, got {value!r}. Pass 0 to switch this step off.'
     )
+
+
+def check_scalar(name: str, value: Any, *, schedule: bool = True,
+                 optional: bool = False) -> None:
+  """Raises TypeError unless ``value`` is a real number (or a schedule).
+
+  Accepted: Python ints and floats (not bools), NumPy scalars, 0-d real
+  arrays, traced values (``optax.inject_hyperparams`` passes numbers as
+  tracers), callables when ``schedule`` (an optax schedule), and None when
+  ``optional``. The error names the argument: a string or None passed as a
+  rate would otherwise fail later, inside ``update``, without a name.
+  """
+  if value is None and optional:
+    return
+  if callable(value) and schedule and not isinstance(value, jax.Array):
+    return
+  if isinstance(value, jax.core.Tracer):
+    return
+  what = 'a number or a schedule' if schedule else 'a number'
+  if optional:
+    what += ' or None'
+  if isinstance(value, bool) or not isinstance(
+      value, (int, float, np.number, np.ndarray, jax.Array)):
+    raise TypeError(f'{name} must be {what}, got {value!r}.')
+  dtype = np.asarray(value).dtype if not isinstance(value, jax.Array) else (
+      value.dtype)
+  if np.shape(value) != () or not (
+      jnp.issubdtype(dtype, jnp.integer)
+      or jnp.issubdtype(dtype, jnp.floating)):
+    raise TypeError(
+        f'{name} must be {what} (a real scalar, shape ()), got {value!r}.')
+
+
+def check_finite(name: str, value: Any) -> None:
+  """Raises ValueError if a Python or NumPy ``value`` is NaN or infinite."""
+  if not is_static_number(value):
+    return
+  if not np.all(np.isfinite(np.asarray(value, dtype=np.float64))):
+    raise ValueError(f'{name} must be finite, got {value!r}.')
+
+
+def bad_rate(value: Any) -> Any:
+  """True if a run-time rate is NaN, infinite or negative.
+
+  A Python bool for a concrete rate, a traced bool array otherwise.
+
+  The policy (docs/method.md, "Bad values"): such a rate makes the step's
+  updates NaN, with and without jit, so that ``optax.apply_if_finite``
+  skips and counts the step instead of the schedule's error going unseen.
+  """
+  if is_concrete(value):   # a Python bool: no operation under jit
+    value = np.asarray(value, np.float64)
+    return bool(not (np.isfinite(value) and value >= 0))
+  value = jnp.asarray(value)
+  return ~(jnp.isfinite(value) & (value >= 0))
 
 
 def check_choice(name: str, value: Any, choices: Sequence[Any]) -> None:
@@ -71,6 +139,32 @@ def check_positive_int_or_none(name: str, value: Any) -> int | None:
   if value < 1:
     raise ValueError(f'{name} must be a positive int or None, got {value!r}.')
   return int(value)
+
+
+def warn_ineffective(name: str, value: Any, why: str,
+                     stacklevel: int = 2) -> None:
+  """Warns that ``name=value`` does nothing in the chosen mode.
+
+  Settings that do nothing are warned about, not rejected: a sweep passes
+  the same options to every mode (docs/method.md, "Bad values").
+  """
+  warnings.warn(f'ko_optax: {name}={value!r} has no effect: {why}.',
+                stacklevel=stacklevel + 1)
+
+
+def tree_key(key: jax.Array, params: Any) -> jax.Array:
+  """``key`` with the tree's leaf paths folded in: one stream per tree.
+
+  Two KO transformations built with the same ``key`` (the default 0) but
+  acting on different leaves, e.g. under ``optax.multi_transform``, whose
+  inner ``init`` sees the other labels' leaves as ``MaskedNode``, then draw
+  different random numbers. Only the paths count (not shapes or values),
+  so the key is the same in every process that builds the same tree.
+  """
+  paths = [jax.tree_util.keystr(path) for path, _ in
+           jax.tree_util.tree_flatten_with_path(params)[0]]
+  digest = zlib.crc32('\n'.join(paths).encode()) & 0x7FFFFFFF
+  return jax.random.fold_in(key, digest)
 
 
 def canonicalize_key(key: Any, name: str = 'key') -> jax.Array:

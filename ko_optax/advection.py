@@ -99,9 +99,13 @@ def _collided_momentum(
     collision: optax.GradientTransformation,
     decay: float,
     nesterov: bool,
+    accumulator_dtype: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   """``optax.trace`` (SGD momentum) whose trace collides every step."""
-  trace = optax.trace(decay=decay, nesterov=nesterov)
+  trace = optax.trace(decay=decay, nesterov=nesterov,
+                      accumulator_dtype=accumulator_dtype)
+  accumulator_dtype = (None if accumulator_dtype is None
+                       else jax.dtypes.canonicalize_dtype(accumulator_dtype))
 
   def init_fn(params: optax.Params) -> CollidedAdvectionState:
     return CollidedAdvectionState(trace.init(params), collision.init(params))
@@ -118,6 +122,7 @@ def _collided_momentum(
     new_trace, collision_state = collision.update(
         new_trace, state.collision, params, **extra_args)
     updates = jax.tree.map(f, updates, new_trace) if nesterov else new_trace
+    new_trace = optax.tree.cast(new_trace, accumulator_dtype)
     return updates, CollidedAdvectionState(
         optax.TraceState(trace=new_trace), collision_state)
 
@@ -143,7 +148,10 @@ def kinetic_advection(
       momentum, or the identity when ``momentum`` is None), or any
       ``optax.GradientTransformation`` to use as it is (e.g.
       ``optax.scale_by_lion()`` or ``optax.contrib.scale_by_muon()``).
-    b1, b2, eps, eps_root, mu_dtype: Adam's arguments, as in ``optax.adam``.
+    b1, b2, eps, eps_root, mu_dtype: Adam's arguments, as in ``optax.adam``;
+      with ``base='sgd'`` and ``momentum``, ``mu_dtype`` is the dtype of
+      the momentum buffer (``optax.trace``'s ``accumulator_dtype``); with a
+      base without buffer or a transformation of your own it is rejected.
     momentum: SGD's momentum decay (None: plain SGD), as in ``optax.sgd``.
     nesterov: Nesterov momentum, for both Adam and SGD, as in optax.
     collision: None, or a collision (e.g.
@@ -155,6 +163,15 @@ def kinetic_advection(
   Returns:
     An ``optax.GradientTransformation`` (``GradientTransformationExtraArgs``
     with a collision).
+
+  Raises:
+    ValueError: if ``base`` is a complete optimizer, one with its learning
+      rate (``optax.adam(1e-3)`` instead of ``optax.scale_by_adam()``):
+      its first update of a probe gradient points against the gradient,
+      and KO would apply a learning rate twice and ascend. The probe (two
+      small eager steps at construction) is skipped for bases that fail on
+      it; a base scaled by a positive factor cannot be told from one
+      without it.
 
   Example:
     >>> import jax.numpy as jnp, ko_optax
@@ -180,6 +197,17 @@ def kinetic_advection(
     Kingma, Ba, `Adam: A Method for Stochastic Optimization
     <https://arxiv.org/abs/1412.6980>`_, 2014.
   """
+  for name, value in (('b1', b1), ('b2', b2), ('eps', eps),
+                      ('eps_root', eps_root)):
+    _checks.check_scalar(name, value, schedule=False)
+  _checks.check_scalar('momentum', momentum, schedule=False, optional=True)
+  if mu_dtype is not None and not (
+      base == 'adam' or (base == 'sgd' and momentum is not None)):
+    raise ValueError(
+        f'mu_dtype={mu_dtype!r} sets the dtype of a momentum buffer: it '
+        "applies to base='adam' and to base='sgd' with momentum, not to "
+        f'base={base!r} with momentum={momentum!r}. Set the dtype in your '
+        'own base, or pass mu_dtype=None.')
   if collision is not None:
     if not isinstance(collision, optax.GradientTransformation):
       raise TypeError(
@@ -190,13 +218,14 @@ def kinetic_advection(
                             nesterov)
     if base == 'sgd' and momentum is not None:
       _checks.check_non_negative('momentum', momentum)
-      return _collided_momentum(collision, momentum, nesterov)
+      return _collided_momentum(collision, momentum, nesterov, mu_dtype)
     raise ValueError(
         "A velocity collision needs a base with a momentum buffer: base='adam'"
         f" or base='sgd' with momentum, got base={base!r}, "
         f'momentum={momentum!r}. Collide the gradient instead (collision '
         "before the base, ko(..., collide_on='gradient')).")
   if isinstance(base, optax.GradientTransformation):
+    _check_no_learning_rate(base)
     return base
   if not isinstance(base, str):
     raise TypeError(
@@ -211,4 +240,31 @@ def kinetic_advection(
   if momentum is None:
     return optax.identity()
   _checks.check_non_negative('momentum', momentum)
-  return optax.trace(decay=momentum, nesterov=nesterov)
+  return optax.trace(decay=momentum, nesterov=nesterov,
+                     accumulator_dtype=mu_dtype)
+
+
+def _check_no_learning_rate(base: optax.GradientTransformation) -> None:
+  """Raises ValueError if ``base`` descends: it carries a learning rate.
+
+  A scaling transformation (``optax.scale_by_adam()``) returns a direction
+  along the gradient, which KO's ``scale_by_learning_rate`` turns into a
+  descent step; a whole optimizer (``optax.adam(1e-3)``) has already done
+  that, and its first update points against the gradient. Best effort: a
+  base that fails on the probe is not checked.
+  """
+  try:
+    with jax.ensure_compile_time_eval():
+      probe = jnp.array([1.0, -2.0, 3.0], jnp.float32)
+      step, _ = base.update(probe, base.init(probe), probe)
+      descends = bool(jnp.vdot(jnp.asarray(step), probe) < 0)
+  except Exception:  # pylint: disable=broad-except
+    return
+  if descends:
+    raise ValueError(
+        'base looks like a complete optimizer: its update of a probe '
+        'gradient points against the gradient, i.e. it includes a '
+        '(negated) learning rate, and KO applies its own. Pass the '
+        'scaling without the learning rate, e.g. optax.scale_by_adam() '
+        'instead of optax.adam(1e-3), and give the learning rate to '
+        'ko(learning_rate, ...).')

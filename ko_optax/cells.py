@@ -60,6 +60,8 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
+from ko_optax._numerics import pow2_floor
+
 
 def num_levels(block: int, cell_size: int) -> int:
   """Depth of the projection tree for blocks of ``block`` particles."""
@@ -109,6 +111,9 @@ def cell_order(w: jax.Array, key: jax.Array, cell_size: int) -> jax.Array:
   directions = directions / jnp.linalg.norm(directions, axis=-1, keepdims=True)
   # With D leading, XLA contracts it in place ((L, D) x (D, ... B)) instead
   # of transposing w.
+  # Each particle divided by the power of 2 below its largest entry (exact):
+  # its norm neither overflows nor underflows, whatever its magnitude.
+  w = w / pow2_floor(jnp.max(jnp.abs(w), axis=-2, keepdims=True))
   projections = jnp.einsum('ld,d...->l...', directions, jnp.moveaxis(w, -2, 0))
   norms = jnp.sqrt(jnp.sum(jnp.square(w), axis=-2))
   # cos(u_l, w_i), in [-1, 1]; 0 for zero weight vectors.

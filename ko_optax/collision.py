@@ -44,6 +44,7 @@ References:
 from __future__ import annotations
 
 from typing import Any, cast, NamedTuple
+import warnings
 
 import chex
 import jax
@@ -54,6 +55,7 @@ import optax
 from ko_optax import _checks
 from ko_optax import cells as cells_lib
 from ko_optax import particles as particles_lib
+from ko_optax._numerics import pow2_floor
 
 MODES = ('soft', 'hard')
 NORMALIZATIONS = (None, 'mean', 'norm', 'similarity')
@@ -74,20 +76,52 @@ class StochasticCollisionState(NamedTuple):
 
 
 def compute_dtype(dtype: Any) -> Any:
-  """The dtype collisions are computed in: float32, or float64 if given."""
-  return jnp.promote_types(dtype, jnp.float32)
+  """The real dtype collisions are computed in: float32, or float64 if given.
+
+  A complex leaf collides on its real view (real and imaginary parts side by
+  side, a particle in R^{2D}), in the real dtype of its precision.
+  """
+  return jnp.finfo(jnp.promote_types(dtype, jnp.float32)).dtype
+
+
+def _max_abs(x: jax.Array, axis: Any) -> jax.Array:
+  return jnp.max(jnp.abs(x), axis=axis, keepdims=True)
 
 
 def unit_columns(x: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Scales the columns of ``x`` (..., D, N) to unit length.
+  """Scales the columns of ``x`` (..., D, N) to unit length, scale-safely.
+
+  Each column is first divided by the power of 2 just below its largest
+  entry (exact), so the squares neither overflow (entries above ~1.8e19 in
+  float32) nor underflow (below ~1e-19): the directions are right at any
+  finite magnitude.
 
   Returns:
     ``(x_hat, norms)``; zero columns stay zero (never NaN). ``norms`` has
-    shape (..., 1, N).
+    shape (..., 1, N); it is ``inf`` where the norm exceeds the dtype.
   """
+  scale = pow2_floor(_max_abs(x, -2))
+  x = x / scale
   norms = jnp.sqrt(jnp.sum(jnp.square(x), axis=-2, keepdims=True))
   safe = jnp.where(norms > 0, norms, 1.0)
-  return x / safe, norms
+  return x / safe, norms * scale
+
+
+def _unit_bounded_columns(x: jax.Array) -> jax.Array:
+  """:func:`unit_columns` of columns with moderate entries (random normals)."""
+  norms = jnp.sqrt(jnp.sum(jnp.square(x), axis=-2, keepdims=True))
+  return x / jnp.where(norms > 0, norms, 1.0)
+
+
+def finite_particles(*xs: jax.Array) -> jax.Array:
+  """True for the columns (particles) of every (..., D, N) ``xs`` that hold
+  only finite values; shape (..., 1, N)."""
+  ok = None
+  for x in xs:
+    f = jnp.all(jnp.isfinite(x), axis=-2, keepdims=True)
+    ok = f if ok is None else ok & f
+  assert ok is not None
+  return ok
 
 
 def soft_collision_kernel(
@@ -97,7 +131,10 @@ def soft_collision_kernel(
   """The soft collision kernel ``S`` of particle matrices ``w, g`` (..., D, N).
 
   ``S_ij = cos(w_i, w_j) cos(g_i, g_j)``, zeroed where below ``threshold``
-  and on the diagonal unless ``include_self``. Shape (..., N, N).
+  and on the diagonal unless ``include_self``. Shape (..., N, N). The
+  cosines are scale-safe (:func:`unit_columns`); a column holding a
+  non-finite value gives NaN cosines, which :func:`soft_collision` avoids by
+  zeroing such particles first.
   """
   w_hat, _ = unit_columns(w)
   g_hat, _ = unit_columns(g)
@@ -142,7 +179,14 @@ def soft_collision(
       velocity).
 
   Returns:
-    The collided velocities, shape and dtype of ``g``.
+    The collided velocities, shape and dtype of ``g``. Bad values
+    (docs/method.md): a particle whose ``w`` or ``g`` column holds a NaN or
+    an infinity takes no part (its column is returned as it is, and the
+    others collide among themselves); the cosines and norms are computed
+    scale-safely (``g`` is divided by the power of 2 just below its largest
+    entry, an exact rescaling), and an entry whose result would overflow
+    the dtype keeps its input value, so a finite input never gives a
+    non-finite output. ``rate`` is assumed finite and >= 0.
 
   Example:
     Two particles at the same place moving alike push each other apart:
@@ -158,25 +202,37 @@ def soft_collision(
     Feng et al., `KO: Kinetics-inspired Neural Optimizer with PDE Simulation
     Approaches <https://arxiv.org/abs/2505.14777>`_, 2025.
   """
-  s = soft_collision_kernel(w, g, threshold, include_self)
-  repulsion = jnp.einsum('...dm,...mn->...dn', g, s)
-  n = g.shape[-1]
+  # Particles holding a non-finite value are zero particles here (no
+  # cosine with anyone: they neither push nor are pushed) and are returned
+  # untouched at the end. g is divided by a power of 2 (exact), so the
+  # repulsion and its norms cannot overflow; the result is scaled back.
+  ok = finite_particles(w, g)
+  w_ok = jnp.where(ok, w, 0.0)
+  g_ok = jnp.where(ok, g, 0.0)
+  scale = pow2_floor(_max_abs(g_ok, (-2, -1)))
+  g_s = g_ok / scale
+  s = soft_collision_kernel(w_ok, g_s, threshold, include_self)
+  repulsion = jnp.einsum('...dm,...mn->...dn', g_s, s)
   if normalization == 'mean':
-    partners = n if include_self else n - 1
-    repulsion = repulsion / max(partners, 1)
+    partners = jnp.sum(ok, axis=-1, keepdims=True) - (0 if include_self
+                                                       else 1)
+    push = rate * (repulsion / jnp.maximum(partners, 1).astype(g.dtype))
   elif normalization == 'norm':
     # repulsion_i * |g_i| / |repulsion_i|, with the per-particle factor
     # computed apart: the (D, N) tail stays one multiply-subtract.
-    g_norms = jnp.sqrt(jnp.sum(jnp.square(g), axis=-2, keepdims=True))
+    g_norms = jnp.sqrt(jnp.sum(jnp.square(g_s), axis=-2, keepdims=True))
     r_norms = jnp.sqrt(jnp.sum(jnp.square(repulsion), axis=-2, keepdims=True))
     factor = g_norms / jnp.where(r_norms > 0, r_norms, 1.0)
-    return g - (rate * factor) * repulsion
+    push = (rate * factor) * repulsion
   elif normalization == 'similarity':
     # The kernel's total weight per particle, floored at 1: the plain sum
     # for weakly similar particles, a weighted mean for condensed ones.
     total = jnp.sum(jnp.abs(s), axis=-2, keepdims=True)
-    return g - (rate / jnp.maximum(total, 1.0)) * repulsion
-  return g - rate * repulsion
+    push = (rate / jnp.maximum(total, 1.0)) * repulsion
+  else:
+    push = rate * repulsion
+  new = g - push * scale
+  return jnp.where(ok & jnp.isfinite(new), new, g)
 
 
 def collision_probability(
@@ -218,7 +274,7 @@ def unit_directions(bits: jax.Array, dtype: Any) -> jax.Array:
   Each column holds D standard normal numbers scaled to unit length, which
   is isotropic on the sphere S^{D-1}.
   """
-  return unit_columns(normal_from_bits(bits, dtype))[0]
+  return _unit_bounded_columns(normal_from_bits(bits, dtype))
 
 
 def pair_words(n: int, d: int, *, pairing: bool) -> int:
@@ -287,6 +343,41 @@ def scatter_pairs(
           jnp.where(collide, centre - half, g_j))
 
 
+def collide_pairs(
+    w_i: jax.Array, w_j: jax.Array, g_i: jax.Array, g_j: jax.Array,
+    rate: Any, uniforms: jax.Array, directions: jax.Array, *,
+    length_scale: Any,
+) -> tuple[jax.Array, jax.Array]:
+  """One DSMC step of given pairs: acceptance, then elastic scattering.
+
+  Pairs are the columns of (..., D, M) arrays; ``uniforms`` (..., M) and
+  unit ``directions`` (..., D, M) are the step's random numbers. Bad values
+  (docs/method.md): a pair with a non-finite value in either particle does
+  not collide and is returned as it is, and takes no part in the maximum
+  relative speed; the velocities are divided by the power of 2 just below
+  their largest entry (exact) before the norms are taken, so no finite
+  input overflows them, and an entry whose scattered value would overflow
+  the dtype keeps its input value.
+
+  Returns:
+    The new ``(g_i, g_j)``.
+  """
+  ok = finite_particles(w_i, w_j, g_i, g_j)            # (..., 1, M)
+  zero = lambda x: jnp.where(ok, x, 0.0)
+  gi, gj = zero(g_i), zero(g_j)
+  scale = pow2_floor(jnp.maximum(_max_abs(gi, (-2, -1)),
+                                 _max_abs(gj, (-2, -1))))
+  gi, gj = gi / scale, gj / scale
+  p, speed = collision_probability(zero(w_i), zero(w_j), gi, gj, rate,
+                                   length_scale)
+  new_i, new_j = scatter_pairs(gi, gj, speed, ok[..., 0, :] & (uniforms < p),
+                               directions)
+  new_i, new_j = new_i * scale, new_j * scale
+  keep = lambda new, old: jnp.where(
+      ok & jnp.isfinite(new), new, old)
+  return keep(new_i, g_i), keep(new_j, g_j)
+
+
 def hard_collision_pairs(
     w: jax.Array, g: jax.Array, rate: Any, key: jax.Array, *,
     length_scale: Any = 20.0,
@@ -311,12 +402,12 @@ def hard_collision_pairs(
   g2 = g.reshape(pair_shape)
   w_i, w_j = w2[..., 0], w2[..., 1]
   g_i, g_j = g2[..., 0], g2[..., 1]
-  p, speed = collision_probability(w_i, w_j, g_i, g_j, rate, length_scale)
   bits = jax.random.bits(key, (*batch, pair_words(n, d, pairing=False)),
                          jnp.uint32)
   _, u, directions = pair_randomness(bits, n, d, pairing=False,
                                      dtype=g.dtype)
-  g_i, g_j = scatter_pairs(g_i, g_j, speed, u < p, directions)
+  g_i, g_j = collide_pairs(w_i, w_j, g_i, g_j, rate, u, directions,
+                           length_scale=length_scale)
   return jnp.stack([g_i, g_j], axis=-1).reshape(g.shape)
 
 
@@ -383,10 +474,9 @@ def _hard_collision_paired(
   wp, gp = w.T[order], g.T[order]
   pairs = lambda x: x[:2 * m].reshape(m, 2, d)
   w2, g2 = pairs(wp), pairs(gp)
-  g_i, g_j = g2[:, 0].T, g2[:, 1].T
-  p, speed = collision_probability(w2[:, 0].T, w2[:, 1].T, g_i, g_j, rate,
-                                   length_scale)
-  new_i, new_j = scatter_pairs(g_i, g_j, speed, u < p, directions)
+  new_i, new_j = collide_pairs(w2[:, 0].T, w2[:, 1].T, g2[:, 0].T,
+                               g2[:, 1].T, rate, u, directions,
+                               length_scale=length_scale)
   new = jnp.stack([new_i.T, new_j.T], axis=1).reshape(2 * m, d)
   if n % 2:
     new = jnp.concatenate([new, gp[2 * m:]])
@@ -481,22 +571,28 @@ def plan_groups(g_leaves: list[jax.Array],
   projections are not padded to its 512-wide MLP kernels). Collision cells
   hash in D dimensions, so their groups are never padded.
 
+  A complex leaf's particles count with their real view: D is twice its
+  complex dimension, the dtype the real one.
+
   Raises:
-    TypeError: for a leaf that is not floating point, naming it.
+    TypeError: for a leaf that is neither floating point nor complex,
+      naming it.
   """
   paths = paths or [f'#{k}' for k in range(len(g_leaves))]
   exact: dict[Any, list[int]] = {}
   shape = {}
   for k, (g, spec) in enumerate(zip(g_leaves, specs)):
-    if not jnp.issubdtype(g.dtype, jnp.floating):
+    if not jnp.issubdtype(g.dtype, jnp.inexact):
       raise TypeError(
-          f'stochastic_collision needs floating-point gradients, got '
-          f'{g.dtype} for leaf {paths[k]}. Cast the leaf or exclude it with '
-          'particle_axes / mask.'
+          f'stochastic_collision needs floating-point or complex gradients, '
+          f'got {g.dtype} for leaf {paths[k]}. Cast the leaf or exclude it '
+          'with particle_axes / mask.'
       )
-    shape[k] = particles_lib.particle_shape(g.shape, spec)
+    b, d, n = particles_lib.particle_shape(g.shape, spec)
+    if jnp.issubdtype(g.dtype, jnp.complexfloating):
+      d *= 2   # the real view: a particle in C^D is one in R^{2D}
+    shape[k] = (b, d, n)
     sharding = repr(cells_lib._explicit_spec(g))  # pylint: disable=protected-access
-    _, d, n = shape[k]
     exact.setdefault((d, n, jnp.dtype(compute_dtype(g.dtype)), sharding),
                      []).append(k)
   groups: list[list[Any]] = []
@@ -583,7 +679,7 @@ def group_randomness(key: jax.Array, groups: list[CollisionGroup], *,
       z = jnp.where(np.arange(gr.d)[None, :, None] < dims[:, None, None],
                     z, 0.0)
     out[k] = (order[so:so + ss].reshape(b, gr.n),
-              uniforms[uo:uo + us].reshape(b, m), unit_columns(z)[0])
+              uniforms[uo:uo + us].reshape(b, m), _unit_bounded_columns(z))
     so, uo, do = so + ss, uo + us, do + ds
   return out
 
@@ -596,9 +692,13 @@ def _system_share(randomness: Any, b: int) -> Any:
 def _collide_group(
     w_leaves: list[jax.Array], g_leaves: list[jax.Array],
     specs: list[particles_lib.ParticleSpec], group: CollisionGroup,
-    rand: Any, rate: Any, options: dict[str, Any],
+    rand: Any, rate: Any, options: dict[str, Any], poison: Any = False,
 ) -> jax.Array:
-  """Collides one group's systems; returns them stacked, (B, D, N)."""
+  """Collides one group's systems; returns them stacked, (B, D, N).
+
+  ``poison`` (a bool, maybe traced): the rate is bad (NaN, infinite or
+  negative), and every value of the group becomes NaN (docs/method.md).
+  """
   d, dtype = group.d, group.dtype
   rate = jnp.asarray(rate, dtype)
   system = lambda w, g, r: _collide_system(w, g, rate=rate, randomness=r,
@@ -609,24 +709,64 @@ def _collide_group(
   pad = lambda x: x if x.shape[1] == d else jnp.pad(
       x, ((0, 0), (0, d - x.shape[1]), (0, 0)))
   particles = lambda leaves: [
-      pad(particles_lib.to_particles(leaves[k].astype(dtype), specs[k]))
+      pad(_real_view(particles_lib.to_particles(leaves[k], specs[k]),
+                     jnp.iscomplexobj(g_leaves[k])).astype(dtype))
       for k in group.members]
   ws, gs = particles(w_leaves), particles(g_leaves)
   if sum(group.systems) == 1:
-    return system(ws[0][0], gs[0][0], _system_share(rand, 0))[None]
-  if group.sharding != 'None':
+    new = system(ws[0][0], gs[0][0], _system_share(rand, 0))[None]
+  elif group.sharding != 'None':
     # Explicitly sharded systems keep their own shardings: one by one.
     w, g = jnp.concatenate(ws), jnp.concatenate(gs)
-    return jnp.stack([system(w[b], g[b], _system_share(rand, b))
-                      for b in range(g.shape[0])])
-  stack = lambda xs: xs[0] if len(xs) == 1 else jnp.concatenate(xs)
-  return jax.vmap(system)(stack(ws), stack(gs), rand)
+    new = jnp.stack([system(w[b], g[b], _system_share(rand, b))
+                     for b in range(g.shape[0])])
+  else:
+    stack = lambda xs: xs[0] if len(xs) == 1 else jnp.concatenate(xs)
+    new = jax.vmap(system)(stack(ws), stack(gs), rand)
+  if poison is not False:
+    new = jnp.where(poison, jnp.asarray(jnp.nan, new.dtype), new)
+  return new
+
+
+def _real_view(p: jax.Array, is_complex: bool) -> jax.Array:
+  """(B, D, N) particles as real ones: complex ones as (B, 2D, N).
+
+  ``is_complex`` is the gradient's kind: a real position beside a complex
+  velocity gets a zero imaginary part, a complex one beside a real
+  velocity its real part.
+  """
+  if not is_complex:
+    return jnp.real(p) if jnp.iscomplexobj(p) else p
+  return jnp.concatenate([jnp.real(p), jnp.imag(p) if jnp.iscomplexobj(p)
+                          else jnp.zeros_like(p)], axis=1)
+
+
+def _from_real_view(p: jax.Array, dtype: Any) -> jax.Array:
+  """Inverse of :func:`_real_view` for a leaf of ``dtype``."""
+  if not jnp.issubdtype(dtype, jnp.complexfloating):
+    return p
+  d = p.shape[1] // 2
+  return jax.lax.complex(p[:, :d], p[:, d:])
+
+
+def _keep_finite(new: jax.Array, old: jax.Array, poison: Any) -> jax.Array:
+  """``new`` cast to ``old``'s dtype; where the cast overflows, ``old``.
+
+  Collisions compute in float32 at least: a bfloat16 or float16 result can
+  still round to infinity on the way back. Only then is there anything to
+  check (static), so float32 leaves pay nothing. A poisoned (bad-rate)
+  result stays NaN.
+  """
+  cast = new.astype(old.dtype)
+  if poison is True or jnp.finfo(old.dtype).max >= jnp.finfo(new.dtype).max:
+    return cast
+  return jnp.where(jnp.isfinite(cast) | poison, cast, old)
 
 
 def collide_groups(
     w_leaves: list[jax.Array], g_leaves: list[jax.Array],
     specs: list[particles_lib.ParticleSpec], groups: list[CollisionGroup],
-    randomness: list[Any], rate: Any, **options: Any,
+    randomness: list[Any], rate: Any, poison: Any = False, **options: Any,
 ) -> list[jax.Array]:
   """Collides the particles of several leaves, one batched call per group.
 
@@ -642,6 +782,8 @@ def collide_groups(
     groups: :func:`plan_groups`.
     randomness: :func:`group_randomness`.
     rate: the collision rate.
+    poison: True (maybe traced) when the rate is bad: the returned leaves
+      are then NaN (the "Bad values" policy of docs/method.md).
     **options: ``mode``, ``threshold``, ``include_self``, ``normalization``,
       ``length_scale``, ``cell_size``, ``cell_groups`` of
       :func:`stochastic_collision`.
@@ -652,14 +794,50 @@ def collide_groups(
   out: list[Any] = [None] * len(g_leaves)
   for group, rand in zip(groups, randomness):
     new = _collide_group(w_leaves, g_leaves, specs, group, rand, rate,
-                         options)
+                         options, poison)
     start = 0
     for k, size, leaf_d in zip(group.members, group.systems, group.dims):
+      g = g_leaves[k]
       leaf = particles_lib.from_particles(
-          new[start:start + size, :leaf_d], specs[k], g_leaves[k].shape)
-      out[k] = leaf.astype(g_leaves[k].dtype)
+          _from_real_view(new[start:start + size, :leaf_d], g.dtype),
+          specs[k], g.shape)
+      out[k] = _keep_finite(leaf, g, poison)
       start += size
   return out
+
+
+# The size of one N x N soft kernel (over the systems of a leaf) from which
+# stochastic_collision warns, at trace time, that all pairs are costly.
+MEMORY_WARNING_BYTES = 2**30
+
+
+def _warn_memory(leaves: list[jax.Array],
+                 specs: list[particles_lib.ParticleSpec], paths: list[str],
+                 cell_size: int | None, cell_groups: int) -> None:
+  """Warns for every leaf whose all-pairs soft kernel is 1 GiB or more."""
+  for leaf, spec, path in zip(leaves, specs, paths):
+    b, _, n = particles_lib.particle_shape(leaf.shape, spec)
+    if _uses_cells(n, cell_size, cell_groups):
+      continue
+    size = b * n * n * jnp.dtype(compute_dtype(leaf.dtype)).itemsize
+    if size >= MEMORY_WARNING_BYTES:
+      warnings.warn(
+          f'ko_optax: the all-pairs soft collision of leaf {path} (shape '
+          f'{tuple(leaf.shape)}, {n} particles) needs an N x N kernel of '
+          f'{size / 2**30:.1f} GiB per step, and O(N^2 D) time. Collide in '
+          'cells (cell_size=256, O(N C D)), use collision="hard" (O(N D)), '
+          'or leave the leaf out with mask / particle_axes.', stacklevel=4)
+
+
+def check_options(threshold: Any, length_scale: Any) -> None:
+  """Type and value checks of the collision's numeric options."""
+  _checks.check_scalar('threshold', threshold, schedule=False)
+  _checks.check_scalar('length_scale', length_scale, schedule=False)
+  if _checks.is_static_number(threshold) and np.isnan(threshold):
+    raise ValueError('threshold must not be NaN (no pair would be cut).')
+  if _checks.is_static_number(length_scale) and not (
+      float(length_scale) > 0):
+    raise ValueError(f'length_scale must be > 0, got {length_scale!r}.')
 
 
 def stochastic_collision(
@@ -754,18 +932,22 @@ def stochastic_collision(
   _checks.check_choice('mode', mode, MODES)
   _checks.check_choice('normalization', normalization, NORMALIZATIONS)
   _checks.check_non_negative('collision_rate', collision_rate)
+  _checks.check_finite('collision_rate', collision_rate)
+  check_options(threshold, length_scale)
   cell_size = _checks.check_positive_int_or_none('cell_size', cell_size)
+  if cell_groups is not None and cell_size is None:
+    _checks.warn_ineffective(
+        'cell_groups', cell_groups, 'it splits collision cells, and '
+        'cell_size is None (all pairs collide)')
   cell_groups = _checks.check_positive_int_or_none('cell_groups',
                                                    cell_groups) or 1
-  if _checks.is_concrete(length_scale) and float(length_scale) <= 0:
-    raise ValueError(f'length_scale must be > 0, got {length_scale!r}.')
   if not isinstance(include_self, bool):
     raise TypeError(f'include_self must be a bool, got {include_self!r}.')
 
   def init_fn(params: optax.Params) -> StochasticCollisionState:
-    del params
     return StochasticCollisionState(
-        count=jnp.zeros([], jnp.int32), key=_checks.canonicalize_key(key))
+        count=jnp.zeros([], jnp.int32),
+        key=_checks.tree_key(_checks.canonicalize_key(key), params))
 
   def update_fn(
       updates: optax.Updates,
@@ -778,6 +960,7 @@ def stochastic_collision(
     _checks.check_params(params, updates, 'stochastic_collision')
     rate = collision_rate(state.count) if callable(collision_rate) else (
         collision_rate)
+    _checks.check_scalar('collision_rate', rate, schedule=False)
     next_key, step_key = jax.random.split(state.key)
     leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(updates)
     leaves = [leaf for _, leaf in leaves_with_path]
@@ -787,6 +970,9 @@ def stochastic_collision(
     active = [i for i, s in enumerate(specs) if s is not None]
     active_specs = [s for s in specs if s is not None]
     paths = [jax.tree_util.keystr(leaves_with_path[i][0]) for i in active]
+    if mode == 'soft':
+      _warn_memory([leaves[i] for i in active], active_specs, paths,
+                   cell_size, cell_groups)
     groups = plan_groups(
         [leaves[i] for i in active], active_specs, cell_size, cell_groups,
         paths, stack=(mode == 'hard' or cell_size is not None
@@ -795,24 +981,28 @@ def stochastic_collision(
                                   cell_size=cell_size,
                                   cell_groups=cell_groups)
 
-    def collide_all(rate: Any) -> list[jax.Array]:
+    def collide_all(rate: Any, poison: Any = False) -> list[jax.Array]:
       return collide_groups(
           [param_leaves[i] for i in active], [leaves[i] for i in active],
-          active_specs, groups, randomness, rate, mode=mode,
+          active_specs, groups, randomness, rate, poison, mode=mode,
           threshold=threshold, include_self=include_self,
           normalization=normalization, length_scale=length_scale,
           cell_size=cell_size, cell_groups=cell_groups)
 
+    # A rate that is NaN, infinite or negative at run time makes the
+    # colliding leaves NaN, with and without jit (docs/method.md, "Bad
+    # values"): optax.apply_if_finite then skips and counts the step.
     if _checks.is_concrete(rate):
       if np.any(np.asarray(rate) != 0):
-        collided = collide_all(rate)
+        collided = collide_all(rate, _checks.bad_rate(np.asarray(rate)))
       else:
         collided = [leaves[i] for i in active]
     else:
       # A traced rate (a schedule, inject_hyperparams) may be 0: skip the
       # work then, and return the gradients untouched, bit for bit.
       collided = jax.lax.cond(
-          jnp.asarray(rate) > 0, collide_all,
+          jnp.asarray(rate) != 0,
+          lambda rate: collide_all(rate, _checks.bad_rate(rate)),
           lambda rate: [leaves[i] for i in active], rate)
     new_leaves = list(leaves)
     for i, new in zip(active, collided):

@@ -26,6 +26,7 @@ import numpy as np
 import optax
 
 from ko_optax import _checks
+from ko_optax import particles as particles_lib
 
 
 class ThermalDiffusionState(NamedTuple):
@@ -40,11 +41,11 @@ class ThermalDiffusionState(NamedTuple):
   key: chex.Array
 
 
-def _check_floating(g: jax.Array, path: str) -> None:
-  if not jnp.issubdtype(g.dtype, jnp.floating):
+def _check_inexact(g: jax.Array, path: str) -> None:
+  if not jnp.issubdtype(g.dtype, jnp.inexact):
     raise TypeError(
-        f'thermal_diffusion needs floating-point updates, got {g.dtype} for '
-        f'leaf {path}; exclude the leaf with mask.'
+        f'thermal_diffusion needs floating-point or complex updates, got '
+        f'{g.dtype} for leaf {path}; exclude the leaf with mask.'
     )
 
 
@@ -61,7 +62,10 @@ def _noisy(leaves: list[jax.Array], key: jax.Array,
   ``keys = jax.random.split(key, len(leaves))``. Leaves of one shape and
   dtype draw theirs in one vmapped call: one random-number kernel per shape
   instead of one per leaf (each costs compile time). Explicitly sharded
-  leaves draw in their own sharding (the same numbers).
+  leaves draw in their own sharding (the same numbers). A complex leaf gets
+  independent standard normal noise on its real and its imaginary part
+  (``jax.random.normal``'s complex draw, of variance 1/2 per part, times
+  sqrt(2)): each real degree of freedom is kicked alike.
   """
   dtypes = [jnp.promote_types(g.dtype, jnp.float32) for g in leaves]
   keys = jax.random.split(key, max(len(leaves), 1))
@@ -81,8 +85,13 @@ def _noisy(leaves: list[jax.Array], key: jax.Array,
     drawn = jax.vmap(draw)(keys[np.asarray(members)])
     for j, i in enumerate(members):
       noise[i] = drawn[j]
-  return [(g.astype(d) + scale.astype(d) * xi).astype(g.dtype)
-          for g, d, xi in zip(leaves, dtypes, noise)]
+  def kick(g: jax.Array, d: Any, xi: jax.Array) -> jax.Array:
+    s = scale
+    if jnp.issubdtype(d, jnp.complexfloating):
+      s = s * np.sqrt(2.0).astype(np.float32)
+    return (g.astype(d) + s.astype(d) * xi).astype(g.dtype)
+
+  return [kick(g, d, xi) for g, d, xi in zip(leaves, dtypes, noise)]
 
 
 def thermal_diffusion(
@@ -99,11 +108,19 @@ def thermal_diffusion(
     key: int seed or typed ``jax.random.key``; the state carries the key and
       each update draws from a fresh subkey per leaf (leaves of one shape
       in one vmapped draw).
-    mask: None (every leaf), or a tree of bools with the structure of the
-      updates, or a callable returning one: only True leaves get noise.
+    mask: None (every leaf), a bool (every leaf, or none), a tree of bools
+      with the structure of the updates, or a callable returning one: only
+      True leaves get noise.
 
   Returns:
-    An ``optax.GradientTransformationExtraArgs``.
+    An ``optax.GradientTransformationExtraArgs``. Complex leaves get noise
+    of variance ``2 T`` on each part. A temperature that is NaN, infinite or
+    negative at run time (a schedule, ``optax.inject_hyperparams``) makes
+    the noisy leaves NaN, with and without jit, so that
+    ``optax.apply_if_finite`` skips and counts the step (docs/method.md,
+    "Bad values"). The state's key is ``key`` with the tree's leaf paths
+    folded in at ``init``: transformations on different leaves draw
+    different numbers from the same ``key``.
 
   Example:
     >>> import jax.numpy as jnp, ko_optax
@@ -118,11 +135,12 @@ def thermal_diffusion(
     Approaches <https://arxiv.org/abs/2505.14777>`_, 2025.
   """
   _checks.check_non_negative('temperature', temperature)
+  _checks.check_finite('temperature', temperature)
 
   def init_fn(params: optax.Params) -> ThermalDiffusionState:
-    del params
     return ThermalDiffusionState(
-        count=jnp.zeros([], jnp.int32), key=_checks.canonicalize_key(key))
+        count=jnp.zeros([], jnp.int32),
+        key=_checks.tree_key(_checks.canonicalize_key(key), params))
 
   def update_fn(
       updates: optax.Updates,
@@ -133,30 +151,30 @@ def thermal_diffusion(
     del params, extra_args
     state = cast(ThermalDiffusionState, state)  # what init_fn returned
     t = temperature(state.count) if callable(temperature) else temperature
-    scale = jnp.sqrt(2.0 * jnp.asarray(t, jnp.float32))
+    _checks.check_scalar('temperature', t, schedule=False)
+    concrete, raw = _checks.is_concrete(t), t
+    t = jnp.asarray(t, jnp.float32)
+    # A bad temperature gives NaN noise (docs/method.md, "Bad values").
+    scale = jnp.where(_checks.bad_rate(raw if concrete else t), jnp.nan,
+                      jnp.sqrt(2.0 * t))
     next_key, step_key = jax.random.split(state.key)
     leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(updates)
     leaves = [leaf for _, leaf in leaves_with_path]
-    if mask is None:
-      keep = [True] * len(leaves)
-    else:
-      # jaxlib ships no type stub for PyTreeDef: mypy cannot see its methods.
-      keep = treedef.flatten_up_to(  # type: ignore[attr-defined]
-          mask(updates) if callable(mask) else mask)
+    keep = particles_lib.mask_leaves(mask, updates)
     active = [i for i, m in enumerate(keep) if m]
     for i in active:
-      _check_floating(leaves[i], jax.tree_util.keystr(leaves_with_path[i][0]))
+      _check_inexact(leaves[i], jax.tree_util.keystr(leaves_with_path[i][0]))
 
     def diffuse(scale: jax.Array) -> list[jax.Array]:
       return _noisy([leaves[i] for i in active], step_key, scale)
 
-    if _checks.is_concrete(t):
-      noisy = (diffuse(scale) if np.any(np.asarray(t) != 0)
+    if concrete:
+      noisy = (diffuse(scale) if np.any(np.asarray(raw) != 0)
                else [leaves[i] for i in active])
     else:
       # A traced temperature may be 0: then draw nothing and return the
-      # updates untouched, bit for bit.
-      noisy = jax.lax.cond(scale > 0, diffuse,
+      # updates untouched, bit for bit. NaN != 0: a bad one gives NaN.
+      noisy = jax.lax.cond(t != 0, diffuse,
                            lambda scale: [leaves[i] for i in active], scale)
     new_leaves = list(leaves)
     for i, new in zip(active, noisy):

@@ -190,6 +190,20 @@ def _spec_leaves(spec: Any, updates: Any, name: str) -> list[Any]:
     ) from None
 
 
+def mask_leaves(mask: MaskSpec, updates: Any) -> list[bool]:
+  """A mask (None, a bool, a tree of bools or a callable) as one bool per
+  leaf of ``updates``, in ``jax.tree.leaves`` order."""
+  if mask is None:
+    return [True] * len(jax.tree.leaves(updates))
+  keep = _spec_leaves(mask, updates, 'mask')
+  leaves_with_path = jax.tree_util.tree_flatten_with_path(updates)[0]
+  for k, (path, _) in zip(keep, leaves_with_path):
+    if not isinstance(k, bool):
+      raise TypeError(f'mask for leaf {jax.tree_util.keystr(path)} must be '
+                      f'a Python bool, got {k!r}.')
+  return keep
+
+
 def path_names(path: Sequence[Any]) -> tuple[str, ...]:
   """The names along a pytree path, without nnx's ``.value`` accessors."""
   names = []

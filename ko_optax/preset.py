@@ -146,8 +146,23 @@ def ko(
   """
   _checks.check_choice('collision', collision, COLLISIONS)
   _checks.check_choice('collide_on', collide_on, COLLIDE_ON)
-  _checks.check_non_negative('learning_rate', learning_rate)
-  _checks.check_non_negative('weight_decay', weight_decay)
+  # Every number is checked here, whatever the mode: a bad value is
+  # reported by name at construction, not inside update (docs/method.md,
+  # "Bad values").
+  for name, value in (('learning_rate', learning_rate),
+                      ('collision_rate', collision_rate),
+                      ('temperature', temperature),
+                      ('weight_decay', weight_decay)):
+    _checks.check_non_negative(name, value)
+  _checks.check_finite('collision_rate', collision_rate)
+  _checks.check_finite('temperature', temperature)
+  collision_lib.check_options(threshold, length_scale)
+  if collision is None:
+    if normalization != 'norm':
+      _checks.warn_ineffective('normalization', normalization,
+                               'collision is None')
+    if collide_on != 'gradient':
+      _checks.warn_ineffective('collide_on', collide_on, 'collision is None')
   steps: list[optax.GradientTransformation] = []
   collide = collision is not None and not _is_python_zero(collision_rate)
   diffuse = not _is_python_zero(temperature)
@@ -159,8 +174,8 @@ def ko(
         collision_rate, mode=collision, key=jax.random.fold_in(root, 0),
         particle_axes=particle_axes, mask=mask, threshold=threshold,
         include_self=include_self, length_scale=length_scale,
-        normalization=normalization, cell_size=cell_size,
-        cell_groups=cell_groups)
+        normalization=normalization if collision == 'soft' else None,
+        cell_size=cell_size, cell_groups=cell_groups)
     if collide_on == 'gradient':
       steps.append(collision_step)
     else:
@@ -173,9 +188,14 @@ def ko(
             '5e7 x lr within 10 steps on an MLP, docs/benchmarks.md). Use '
             "collide_on='gradient', collision='soft' or base='sgd'.",
             stacklevel=2)
-  elif collision is not None:
+  else:
     _checks.check_choice('normalization', normalization,
                          collision_lib.NORMALIZATIONS)
+    _checks.check_positive_int_or_none('cell_size', cell_size)
+    if cell_groups is not None and cell_size is None:
+      _checks.warn_ineffective(
+          'cell_groups', cell_groups, 'it splits collision cells, and '
+          'cell_size is None (all pairs collide)')
   if diffuse:
     steps.append(diffusion.thermal_diffusion(
         temperature, key=jax.random.fold_in(root, 1), mask=mask))
