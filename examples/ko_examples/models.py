@@ -36,24 +36,66 @@ def _ew(kernel_init: Init) -> dict[str, Any]:
 class MLP(nn.Module):
   """Multi-layer perceptron on flattened inputs.
 
-  The MNIST-1D paper's MLP is ``MLP(hidden=(100, 100))``.
+  The MNIST-1D paper's MLP (``MLPBase`` of the ``mnist1d`` project's
+  notebooks) is ``MLP(hidden=(100, 100), residual=True)``: its second hidden
+  layer adds its input, ``h = h + relu(W2 h)``.
 
   Attributes:
     hidden: widths of the hidden layers.
     num_classes: outputs.
     kernel_init: optional kernel initializer.
+    residual: hidden layers after the first add their input when the widths
+      match (``x + relu(W x)``); False (the default) is a plain MLP.
   """
   hidden: Sequence[int] = (100, 100)
   num_classes: int = 10
   kernel_init: Init = None
+  residual: bool = False
 
   @nn.compact
   def __call__(self, x):
     x = x.reshape((x.shape[0], -1))
     for i, width in enumerate(self.hidden):
-      x = nn.relu(nn.Dense(width, name=f'hidden_{i}',
+      y = nn.relu(nn.Dense(width, name=f'hidden_{i}',
                            **_kw(self.kernel_init))(x))
+      x = x + y if self.residual and i > 0 and x.shape[-1] == width else y
     return nn.Dense(self.num_classes, name='head', **_kw(self.kernel_init))(x)
+
+
+class PatchConv1D(nn.Module):
+  """A 1-D convolution computed as patches @ kernel (im2col).
+
+  The same parameters (``kernel`` ``(k, in, out)``, ``bias``), initialisers
+  and function as ``nn.Conv(features, (k,), strides=(stride,),
+  padding=((padding, padding),))``; on a CPU the matmul form of a small
+  convolution is several times faster, and it vmaps to a batched matmul
+  instead of a grouped convolution.
+
+  Attributes:
+    features: output channels.
+    kernel_size: taps.
+    stride: stride.
+    padding: zeros added on each side.
+    kernel_init: optional kernel initializer (None: ``nn.Conv``'s default).
+  """
+  features: int
+  kernel_size: int
+  stride: int = 1
+  padding: int = 0
+  kernel_init: Init = None
+
+  @nn.compact
+  def __call__(self, x):
+    k, c = self.kernel_size, x.shape[-1]
+    init = self.kernel_init or nn.initializers.lecun_normal()
+    kernel = self.param('kernel', init, (k, c, self.features))
+    bias = self.param('bias', nn.initializers.zeros, (self.features,))
+    x = jnp.pad(x, ((0, 0), (self.padding, self.padding), (0, 0)))
+    n_out = (x.shape[1] - k) // self.stride + 1
+    span = self.stride * (n_out - 1) + 1
+    patches = jnp.stack([x[:, j:j + span:self.stride] for j in range(k)],
+                        axis=-2).reshape(x.shape[0], n_out, k * c)
+    return patches @ kernel.reshape(k * c, self.features) + bias
 
 
 class CNN1D(nn.Module):
@@ -67,19 +109,26 @@ class CNN1D(nn.Module):
     channels: channels of every convolution.
     num_classes: outputs.
     kernel_init: optional kernel initializer.
+    patches: compute the convolutions as :class:`PatchConv1D` (same
+      parameters and function, several times faster on a CPU).
   """
   channels: int = 25
   num_classes: int = 10
   kernel_init: Init = None
+  patches: bool = False
 
   @nn.compact
   def __call__(self, x):
     if x.ndim == 2:
       x = x[..., None]
     for i, k in enumerate((5, 3, 3)):
-      x = nn.relu(nn.Conv(self.channels, (k,), strides=(2,),
-                          padding=((1, 1),), name=f'conv_{i}',
-                          **_kw(self.kernel_init))(x))
+      if self.patches:
+        conv = PatchConv1D(self.channels, k, stride=2, padding=1,
+                           name=f'conv_{i}', kernel_init=self.kernel_init)
+      else:
+        conv = nn.Conv(self.channels, (k,), strides=(2,), padding=((1, 1),),
+                       name=f'conv_{i}', **_kw(self.kernel_init))
+      x = nn.relu(conv(x))
     x = x.reshape((x.shape[0], -1))
     return nn.Dense(self.num_classes, name='head', **_kw(self.kernel_init))(x)
 
