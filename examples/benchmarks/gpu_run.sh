@@ -79,17 +79,18 @@ timeout ${COMPILE_TIMEOUT:-180} $PY examples/benchmarks/compile_benchmark.py \
 # 5. The language-model study at its CPU size, run where it is fast: every
 # arm, 5 seeds, the learning-rate grid (examples/benchmarks/lm_study.py).
 part_lm() {
-timeout ${LM_TIMEOUT:-360} $PY examples/benchmarks/lm_study.py \
+timeout ${LM_TIMEOUT:-300} $PY examples/benchmarks/lm_study.py \
   --size ${LM_SIZE:-cpu} --seeds 5 --tag ${LM_TAG:-cpu_size_on_gpu} \
-  --max-minutes ${LM_MINUTES:-5} --out "$OUT" 2>&1 | tee "$OUT/lm_cpu_size.txt"
+  --step-repeats 0 --max-minutes ${LM_MINUTES:-4} --out "$OUT" 2>&1 | tee "$OUT/lm_cpu_size.txt"
 }
 
-# 6. The study at its GPU size (12 blocks x 512): 2 seeds, 2 learning rates.
+# 6. The study at its GPU size (12 blocks x 512), short: 2 seeds at one
+# learning rate (not tuned), four arms, step times.
 part_lm_gpu() {
-timeout ${LM_GPU_TIMEOUT:-240} $PY examples/benchmarks/lm_study.py \
-  --size ${LM_GPU_SIZE:-gpu} --seeds 2 --lrs ${LM_GPU_LRS:-1e-3,3e-3} \
-  --step-repeats 10 --tag ${LM_GPU_TAG:-gpu_size} \
-  --max-minutes ${LM_GPU_MINUTES:-3} --out "$OUT" 2>&1 \
+timeout ${LM_GPU_TIMEOUT:-150} $PY examples/benchmarks/lm_study.py \
+  --size ${LM_GPU_SIZE:-gpu} --seeds 2 --lrs ${LM_GPU_LRS:-1e-3} \
+  --arms ${LM_GPU_ARMS:-adamw,ko_gpt,ko_soft_norm,ko_hard} --step-repeats 10 --tag ${LM_GPU_TAG:-gpu_size} \
+  --max-minutes ${LM_GPU_MINUTES:-1.7} --out "$OUT" 2>&1 \
   | tee "$OUT/lm_gpu_size.txt"
 }
 # The parts run in the order PARTS names them.

@@ -56,8 +56,8 @@ from ko_examples import gpt
 import ko_optax
 
 KERNELS = ('q', 'k', 'v', 'o', 'up', 'down')
-ARMS = ('adamw', 'ko_gpt', 'ko_hard', 'ko_soft_norm', 'ko_soft_similarity',
-        'muon')
+ARMS = ('adamw', 'ko_gpt', 'ko_soft_norm', 'ko_hard', 'muon',
+        'ko_soft_similarity')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,8 +76,8 @@ class Size:
 
 SIZES = {
     'quick': Size(2, 32, 2, 32, 8, 24, 12, 8, 16, 1_000_000),
-    'cpu': Size(4, 128, 4, 128, 16, 1500, 150, 32, 256, 4_000_000),
-    'gpu': Size(12, 512, 8, 256, 32, 2000, 250, 64, 512, 40_000_000),
+    'cpu': Size(4, 128, 4, 128, 16, 1000, 100, 32, 256, 4_000_000),
+    'gpu': Size(12, 512, 8, 256, 16, 600, 100, 32, 256, 40_000_000),
 }
 
 
@@ -396,7 +396,7 @@ def main(argv=None) -> dict[str, Any]:
                  '2 learning rates, 3 arms: a check that runs in seconds')
   p.add_argument('--arms', default=','.join(ARMS))
   p.add_argument('--seeds', type=int, default=5)
-  p.add_argument('--lrs', default='1e-3,3e-3,1e-2,3e-2')
+  p.add_argument('--lrs', default='3e-3,1e-2,3e-2,1e-1')
   p.add_argument('--steps', type=int, default=None)
   p.add_argument('--step-repeats', type=int, default=20,
                  help='steps timed per arm for the cost column (0: skip)')
