@@ -107,21 +107,23 @@ def unit_columns(x: jax.Array) -> tuple[jax.Array, jax.Array]:
   return x / safe, norms * scale
 
 
+def _finite_scale(x: jax.Array, axis: Any) -> jax.Array:
+  """The power of 2 just below the largest ``|x|`` along ``axis``; 1 where
+  ``x`` holds a NaN or an infinity there.
+
+  One plain max-reduction (no filtering pass: that would cost a kernel per
+  leaf). So a system holding a non-finite value is not rescaled: its bad
+  particles still take no part, and a good particle whose squares then
+  overflow passes through like them.
+  """
+  m = jnp.max(jnp.abs(x), axis=axis, keepdims=True)
+  return jnp.where(jnp.isfinite(m), pow2_floor(m), jnp.ones_like(m))
+
+
 def _unit_bounded_columns(x: jax.Array) -> jax.Array:
   """:func:`unit_columns` of columns with moderate entries (random normals)."""
   norms = jnp.sqrt(jnp.sum(jnp.square(x), axis=-2, keepdims=True))
   return x / jnp.where(norms > 0, norms, 1.0)
-
-
-def finite_particles(*xs: jax.Array) -> jax.Array:
-  """True for the columns (particles) of every (..., D, N) ``xs`` that hold
-  only finite values; shape (..., 1, N)."""
-  ok = None
-  for x in xs:
-    f = jnp.all(jnp.isfinite(x), axis=-2, keepdims=True)
-    ok = f if ok is None else ok & f
-  assert ok is not None
-  return ok
 
 
 def soft_collision_kernel(
@@ -138,6 +140,12 @@ def soft_collision_kernel(
   """
   w_hat, _ = unit_columns(w)
   g_hat, _ = unit_columns(g)
+  return _kernel(w_hat, g_hat, threshold, include_self)
+
+
+def _kernel(w_hat: jax.Array, g_hat: jax.Array, threshold: Any,
+            include_self: bool) -> jax.Array:
+  """:func:`soft_collision_kernel` of unit columns."""
   cos_w = jnp.einsum('...dn,...dm->...nm', w_hat, w_hat)
   cos_g = jnp.einsum('...dn,...dm->...nm', g_hat, g_hat)
   s = cos_w * cos_g
@@ -182,11 +190,13 @@ def soft_collision(
     The collided velocities, shape and dtype of ``g``. Bad values
     (docs/method.md): a particle whose ``w`` or ``g`` column holds a NaN or
     an infinity takes no part (its column is returned as it is, and the
-    others collide among themselves); the cosines and norms are computed
-    scale-safely (``g`` is divided by the power of 2 just below its largest
-    entry, an exact rescaling), and an entry whose result would overflow
-    the dtype keeps its input value, so a finite input never gives a
-    non-finite output. ``rate`` is assumed finite and >= 0.
+    others collide among themselves); the velocities' cosines and norms are
+    scale-safe (``g`` is divided by the power of 2 just below its largest
+    entry, an exact rescaling, unless it holds a non-finite value), a
+    particle whose squares still overflow passes through too, and an entry
+    whose result would overflow the dtype keeps its input value, so a
+    finite input never gives a non-finite output. ``rate`` is assumed
+    finite and >= 0.
 
   Example:
     Two particles at the same place moving alike push each other apart:
@@ -202,16 +212,23 @@ def soft_collision(
     Feng et al., `KO: Kinetics-inspired Neural Optimizer with PDE Simulation
     Approaches <https://arxiv.org/abs/2505.14777>`_, 2025.
   """
-  # Particles holding a non-finite value are zero particles here (no
-  # cosine with anyone: they neither push nor are pushed) and are returned
-  # untouched at the end. g is divided by a power of 2 (exact), so the
-  # repulsion and its norms cannot overflow; the result is scaled back.
-  ok = finite_particles(w, g)
-  w_ok = jnp.where(ok, w, 0.0)
-  g_ok = jnp.where(ok, g, 0.0)
-  scale = pow2_floor(_max_abs(g_ok, (-2, -1)))
-  g_s = g_ok / scale
-  s = soft_collision_kernel(w_ok, g_s, threshold, include_self)
+  # g is divided by the power of 2 just below its largest entry (exact:
+  # the result keeps its bits, and no square, repulsion or norm overflows).
+  # A column holding a NaN or an infinity then has a non-finite sum of
+  # squares: such particles are zero particles here (no
+  # cosine with anyone: they neither push nor are pushed, and their push
+  # is exactly 0), so they come out untouched. So does a neuron whose
+  # weights' squares overflow (entries above ~1.8e19 in float32).
+  scale = _finite_scale(g, (-2, -1))                    # (..., 1, 1)
+  g_s = g / scale
+  w_sq = jnp.sum(jnp.square(w), axis=-2, keepdims=True)
+  g_sq = jnp.sum(jnp.square(g_s), axis=-2, keepdims=True)
+  ok = jnp.isfinite(w_sq) & jnp.isfinite(g_sq)          # (..., 1, N)
+  unit = lambda x, sq: jnp.where(
+      ok, x / jnp.where(sq > 0, jnp.sqrt(sq), 1.0), 0.0)
+  g_norms = jnp.where(ok, jnp.sqrt(g_sq), 0.0)
+  g_s = jnp.where(ok, g_s, 0.0)
+  s = _kernel(unit(w, w_sq), unit(g_s, g_sq), threshold, include_self)
   repulsion = jnp.einsum('...dm,...mn->...dn', g_s, s)
   if normalization == 'mean':
     partners = jnp.sum(ok, axis=-1, keepdims=True) - (0 if include_self
@@ -220,7 +237,6 @@ def soft_collision(
   elif normalization == 'norm':
     # repulsion_i * |g_i| / |repulsion_i|, with the per-particle factor
     # computed apart: the (D, N) tail stays one multiply-subtract.
-    g_norms = jnp.sqrt(jnp.sum(jnp.square(g_s), axis=-2, keepdims=True))
     r_norms = jnp.sqrt(jnp.sum(jnp.square(repulsion), axis=-2, keepdims=True))
     factor = g_norms / jnp.where(r_norms > 0, r_norms, 1.0)
     push = (rate * factor) * repulsion
@@ -232,7 +248,7 @@ def soft_collision(
   else:
     push = rate * repulsion
   new = g - push * scale
-  return jnp.where(ok & jnp.isfinite(new), new, g)
+  return jnp.where(jnp.isfinite(new), new, g)
 
 
 def collision_probability(
@@ -355,26 +371,31 @@ def collide_pairs(
   (docs/method.md): a pair with a non-finite value in either particle does
   not collide and is returned as it is, and takes no part in the maximum
   relative speed; the velocities are divided by the power of 2 just below
-  their largest entry (exact) before the norms are taken, so no finite
-  input overflows them, and an entry whose scattered value would overflow
+  their largest entry (exact; not when they hold a non-finite value) before
+  the norms are taken, and an entry whose scattered value would overflow
   the dtype keeps its input value.
 
   Returns:
     The new ``(g_i, g_j)``.
   """
-  ok = finite_particles(w_i, w_j, g_i, g_j)            # (..., 1, M)
-  zero = lambda x: jnp.where(ok, x, 0.0)
-  gi, gj = zero(g_i), zero(g_j)
-  scale = pow2_floor(jnp.maximum(_max_abs(gi, (-2, -1)),
-                                 _max_abs(gj, (-2, -1))))
-  gi, gj = gi / scale, gj / scale
-  p, speed = collision_probability(zero(w_i), zero(w_j), gi, gj, rate,
-                                   length_scale)
-  new_i, new_j = scatter_pairs(gi, gj, speed, ok[..., 0, :] & (uniforms < p),
-                               directions)
-  new_i, new_j = new_i * scale, new_j * scale
+  # The velocities are divided by the power of 2 just below their largest
+  # finite entry (exact); a pair holding a non-finite value then has a
+  # non-finite relative speed, or a NaN distance (an infinite one already
+  # gives p = 0).
+  scale = jnp.maximum(_finite_scale(g_i, (-2, -1)),
+                      _finite_scale(g_j, (-2, -1)))      # (..., 1, 1)
+  distance = jnp.sqrt(jnp.sum(jnp.square(w_i - w_j), axis=-2))
+  gi, gj = g_i / scale, g_j / scale
+  speed = jnp.sqrt(jnp.sum(jnp.square(gi - gj), axis=-2))
+  ok = jnp.isfinite(speed) & ~jnp.isnan(distance)
+  speed = jnp.where(ok, speed, 0.0)
+  max_speed = jnp.max(speed, axis=-1, keepdims=True)
+  ratio = speed / jnp.where(max_speed > 0, max_speed, 1.0)
+  p = jnp.clip(rate * ratio * jnp.exp(-distance / length_scale), 0.0, 1.0)
+  collide = ok & (uniforms < p)
+  new_i, new_j = scatter_pairs(gi, gj, speed, collide, directions)
   keep = lambda new, old: jnp.where(
-      ok & jnp.isfinite(new), new, old)
+      collide[..., None, :] & jnp.isfinite(new * scale), new * scale, old)
   return keep(new_i, g_i), keep(new_j, g_j)
 
 
