@@ -239,12 +239,19 @@ class Study:
                     step=run['step'] + 1), loss
 
       run, losses = jax.lax.scan(step, run, None, length=chunk)
-      cos, rank = self.condensation(run['params'])
       val = evaluate(run, *self.eval_sets['val_running'])
-      return run, jnp.mean(losses), val, cos, rank
+      return run, jnp.mean(losses), val
+
+    def train_and_observe(runs):
+      runs, losses, val = jax.vmap(train_chunk)(runs)
+      # One run at a time (lax.map, not vmap): jaxlib's CPU SVD splits a
+      # batch over XLA's thread pool, and two batched SVDs running at once
+      # can deadlock on a 2-core machine.
+      cos, rank = jax.lax.map(self.condensation, runs['params'])
+      return runs, losses, val, cos, rank
 
     return (jax.jit(jax.vmap(init)),
-            jax.jit(jax.vmap(train_chunk), donate_argnums=0),
+            jax.jit(train_and_observe, donate_argnums=0),
             jax.jit(jax.vmap(evaluate, in_axes=(0, None, None))))
 
   def final_loss(self, evaluate, run, which: str) -> np.ndarray:
