@@ -81,7 +81,9 @@ def ko(
   Args:
     learning_rate: the time step (float or optax schedule).
     base: the advection: ``'adam'``, ``'sgd'`` (with ``momentum``) or any
-      ``optax.GradientTransformation`` without learning rate.
+      ``optax.GradientTransformation`` without learning rate
+      (``optax.scale_by_adam()``, not ``optax.adam(1e-3)``: a base whose
+      probe update descends is rejected with a ``ValueError``).
     collision: ``'hard'`` (DSMC, O(N D) per leaf; the default, chosen on
       validation accuracy, see docs/benchmarks.md), ``'soft'`` (mean-field,
       O(N^2 D) per leaf, the paper's practical form) or None (no
@@ -92,7 +94,9 @@ def ko(
     temperature: diffusion temperature T (float or schedule); 0 (the
       default) leaves the diffusion step out.
     key: int seed or typed ``jax.random.key``; the collision and the
-      diffusion draw from independent streams derived from it.
+      diffusion draw from independent streams derived from it, with the
+      tree's leaf paths folded in at ``init`` (two ``ko()`` on different
+      leaves, e.g. under ``optax.multi_transform``, draw different numbers).
     b1, b2, eps, eps_root, mu_dtype: Adam's arguments (``base='adam'``).
     momentum: SGD momentum (``base='sgd'``); None for plain SGD.
     nesterov: Nesterov momentum (both bases).
@@ -125,7 +129,11 @@ def ko(
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; ``update`` needs params
-    whenever collisions are on.
+    whenever collisions are on. Bad values (docs/method.md): a neuron
+    holding a NaN or an Inf does not collide and passes through; a finite
+    entry never becomes non-finite; a NaN, infinite or negative run-time
+    ``collision_rate`` or ``temperature`` makes the updates NaN, with and
+    without jit; every number is type-checked here, naming the argument.
 
   Example:
     >>> import jax, jax.numpy as jnp, optax, ko_optax

@@ -20,11 +20,13 @@ import optax
 
 import ko_optax
 
-SHAPES = [(1, 1), (1, 2), (3, 5), (4, 2)]          # (D, N) of a Dense kernel
-DTYPES = ['float32', 'bfloat16', 'complex64'] + (
+# (D, N) of a Dense kernel. Hypothesis starts from the first entries: the
+# first examples then already collide (and a complex leaf).
+SHAPES = [(3, 5), (1, 1), (1, 2), (4, 2)]
+DTYPES = ['complex64', 'float32', 'bfloat16'] + (
     ['float64'] if jax.config.jax_enable_x64 else [])
 MODES = ['soft', 'hard']
-FEW = settings(max_examples=5, deadline=None, derandomize=True)
+FEW = settings(max_examples=3, deadline=None, derandomize=True)
 
 
 @functools.lru_cache(maxsize=None)
@@ -56,7 +58,7 @@ def _draw(data, shape, dtype, exponent):
 
 case = dict(shape=st.sampled_from(SHAPES), dtype=st.sampled_from(DTYPES),
             mode=st.sampled_from(MODES), exponent=st.integers(-30, 30),
-            rate=st.floats(0.0, 3.0))
+            rate=st.floats(0.1, 3.0))
 
 
 @FEW
@@ -107,8 +109,8 @@ def _ko_off_and_adam():
   return steps
 
 
-@settings(max_examples=3, deadline=None, derandomize=True)
-@given(data=st.data(), shape=st.just((3, 5)),
+@settings(max_examples=2, deadline=None, derandomize=True)
+@given(data=st.data(), shape=st.just(SHAPES[0]),
        dtype=st.sampled_from(DTYPES), exponent=st.integers(-30, 30))
 def test_ko_switched_off_is_adam_bit_for_bit(data, shape, dtype, exponent):
   w, g, _ = _draw(data, shape, dtype, exponent)
