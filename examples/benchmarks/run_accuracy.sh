@@ -41,6 +41,6 @@ done
 # Adam, SGD-momentum and KO (Adam's grid at one collision rate: the main
 # study's chosen rate, or 0.1 for soft 'norm'); 10 seeds;
 # the chosen point is retrained on all 4000 training examples (--refit) for
-# the test numbers. About 25 + 25 min on the shared 2-core CPU.
+# the test numbers. About 25 + 32 min on the shared 2-core CPU.
 run --task mnist1d_mlp_paper --groups paper --seeds 10 --refit
 run --task mnist1d_cnn_paper --groups paper --seeds 10 --refit --sequential
