@@ -307,27 +307,88 @@ def step_time(study: Study, arm: str, repeats: int) -> float:
   return (time.perf_counter() - t0) / repeats
 
 
-def summarize(results: dict[str, dict], seeds: list[int], lrs: list[float],
-              ) -> dict[str, Any]:
-  """Chooses each arm's learning rate on validation; pairs test with AdamW."""
+def _runs_at(r: dict[str, Any], lr: float, seeds: list[int]) -> list[int]:
+  """Indices of an arm's runs at ``lr``, in the order of ``seeds``."""
+  where = {(s, x): i for i, (s, x) in enumerate(zip(r['seeds'], r['lrs']))}
+  return [where[(s, lr)] for s in seeds if (s, lr) in where]
+
+
+def summarize(results: dict[str, dict], seeds: list[int],
+              lrs: list[float] | None = None) -> dict[str, Any]:
+  """Chooses each arm's learning rate on validation; pairs test with AdamW.
+
+  Each arm's runs are ``(seed, lr)`` pairs (``r['seeds']``, ``r['lrs']``);
+  arms may have different grids (merged runs). A rate is a candidate when
+  every seed ran at it and ended finite; the one with the lowest mean final
+  validation loss is chosen. Test losses at that rate are paired by seed
+  with AdamW's at its own chosen rate.
+  """
+  del lrs
   table = {}
   for arm, r in results.items():
-    val = np.asarray(r['final_val']).reshape(len(lrs), len(seeds))
-    test = np.asarray(r['final_test']).reshape(len(lrs), len(seeds))
-    mean_val = np.where(np.isfinite(val).all(1), val.mean(1), np.inf)
-    best = int(np.argmin(mean_val))
-    table[arm] = dict(lr=lrs[best], val_by_lr=val.mean(1).tolist(),
-                      val=val[best].tolist(), test=test[best].tolist(),
-                      best_index=best)
+    val, test = np.asarray(r['final_val']), np.asarray(r['final_test'])
+    by_lr = {}
+    for lr in sorted(set(r['lrs'])):
+      idx = _runs_at(r, lr, seeds)
+      v = val[idx]
+      ok = len(idx) == len(seeds) and bool(np.isfinite(v).all())
+      by_lr[lr] = (float(v.mean()) if ok else float('inf'), idx)
+    best = min(by_lr, key=lambda x: by_lr[x][0])
+    idx = by_lr[best][1]
+    table[arm] = dict(lr=best, val_by_lr={f'{k:g}': v for k, (v, _) in
+                                          by_lr.items()},
+                      val=val[idx].tolist(), test=test[idx].tolist(),
+                      runs=idx)
   if 'adamw' in table:
     base = np.asarray(table['adamw']['test'])
     base_val = np.asarray(table['adamw']['val'])
     for row in table.values():
-      d = np.asarray(row['test']) - base
-      dv = np.asarray(row['val']) - base_val
-      row['test_minus_adamw'] = d.tolist()
-      row['val_minus_adamw'] = dv.tolist()
+      if len(row['test']) == len(base):
+        row['test_minus_adamw'] = (np.asarray(row['test']) - base).tolist()
+        row['val_minus_adamw'] = (np.asarray(row['val']) - base_val).tolist()
   return table
+
+
+def merge(paths: list[str]) -> dict[str, Any]:
+  """One record from several runs of the study on the same data and size.
+
+  Runs of the same arm are concatenated (a learning rate run twice keeps
+  the first); the data, size and seeds must agree.
+  """
+  records = []
+  for path in paths:
+    with open(path) as f:
+      records.append(json.load(f))
+  first = records[0]
+  for rec, path in zip(records[1:], paths[1:]):
+    for key in ('size', 'seeds', 'data'):
+      if rec[key] != first[key]:
+        raise ValueError(f"{path}: its {key} differs from {paths[0]}'s")
+  runs: dict[str, Any] = {}
+  step_s: dict[str, float] = {}
+  for rec in records:
+    step_s.update(rec.get('step_s', {}))
+    for arm, r in rec['runs'].items():
+      if arm not in runs:
+        runs[arm] = json.loads(json.dumps(r))
+        continue
+      m = runs[arm]
+      have = set(zip(m['seeds'], m['lrs']))
+      keep = [i for i, sl in enumerate(zip(r['seeds'], r['lrs']))
+              if sl not in have]
+      for key in ('seeds', 'lrs', 'final_val', 'final_test'):
+        m[key] += [r[key][i] for i in keep]
+      for key in ('train', 'val', 'cos', 'rank'):
+        m['curves'][key] = [a + [b[i] for i in keep] for a, b in
+                            zip(m['curves'][key], r['curves'][key])]
+      m['wall_s'] += r['wall_s']
+  arms = [a for a in ARMS if a in runs] + [a for a in runs if a not in ARMS]
+  runs = {a: runs[a] for a in arms}
+  merged = dict(first, runs=runs, arms=arms, step_s=step_s,
+                lrs=sorted({x for r in runs.values() for x in r['lrs']}),
+                merged_from=[os.path.basename(p) for p in paths])
+  merged['table'] = summarize(runs, first['seeds'])
+  return merged
 
 
 def print_table(table, results, step_s):
@@ -345,7 +406,7 @@ def print_table(table, results, step_s):
   del results
 
 
-def plot(results, table, seeds, lrs, out, tag):
+def plot(results, table, seeds, out, tag):
   """Learning curves and condensation of each arm at its chosen rate."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
@@ -353,21 +414,20 @@ def plot(results, table, seeds, lrs, out, tag):
   paths = []
   fig, ax = plt.subplots(1, 2, figsize=(11, 4))
   for arm, r in results.items():
-    b = table[arm]['best_index']
-    sl = slice(b * len(seeds), (b + 1) * len(seeds))
+    sl = table[arm]['runs']
     steps = np.asarray(r['curves']['step'])
     for i, key in enumerate(('train', 'val')):
       y = np.asarray(r['curves'][key])[:, sl]
       m, s = y.mean(1), y.std(1)
-      ax[i].plot(steps, m, label=f'{arm} (lr {lrs[b]:.0e})')
+      ax[i].plot(steps, m, label=f'{arm} (lr {table[arm]["lr"]:.0e})')
       ax[i].fill_between(steps, m - s, m + s, alpha=0.2)
   for i, key in enumerate(('train', 'validation')):
     ax[i].set_xlabel('step')
     ax[i].set_ylabel(f'{key} loss (bits per byte)')
     ax[i].set_title(f'{key}: mean +- std over {len(seeds)} seeds')
-  lo = min(np.nanmin(np.asarray(r['curves']['val'])) for r in results.values())
-  ax[1].set_ylim(lo - 0.05, lo + 1.0)
-  ax[0].set_ylim(lo - 0.05, lo + 1.5)
+  for i, key in enumerate(('train', 'val')):
+    lo = min(np.nanmin(np.asarray(r['curves'][key])) for r in results.values())
+    ax[i].set_ylim(lo - 0.05, lo + 1.0)
   ax[1].legend(fontsize=8)
   fig.tight_layout()
   paths.append(os.path.join(out, f'lm_curves_{tag}.png'))
@@ -376,8 +436,7 @@ def plot(results, table, seeds, lrs, out, tag):
   depth = len(next(iter(results.values()))['curves']['cos'][0][0])
   fig, ax = plt.subplots(2, depth, figsize=(3.2 * depth, 5.5), squeeze=False)
   for arm, r in results.items():
-    b = table[arm]['best_index']
-    sl = slice(b * len(seeds), (b + 1) * len(seeds))
+    sl = table[arm]['runs']
     steps = np.asarray(r['curves']['step'])
     for row, key in enumerate(('rank', 'cos')):
       y = np.asarray(r['curves'][key])[:, sl, :].mean(1)
@@ -403,17 +462,36 @@ def main(argv=None) -> dict[str, Any]:
                  '2 learning rates, 3 arms: a check that runs in seconds')
   p.add_argument('--arms', default=','.join(ARMS))
   p.add_argument('--seeds', type=int, default=5)
-  p.add_argument('--lrs', default='3e-3,1e-2,3e-2,1e-1')
+  p.add_argument('--lrs', default='1e-3,3e-3,1e-2,3e-2,1e-1')
   p.add_argument('--steps', type=int, default=None)
   p.add_argument('--step-repeats', type=int, default=20,
                  help='steps timed per arm for the cost column (0: skip)')
-  p.add_argument('--out', default='results')
+  p.add_argument('--out', default='examples/benchmarks/results/lm')
   p.add_argument('--tag', default=None)
   p.add_argument('--no-plots', action='store_true')
   p.add_argument('--max-minutes', type=float, default=None,
                  help='start no new arm after this many minutes (the JSON '
                  'is rewritten after every arm, so a cut run keeps its arms)')
+  p.add_argument('--merge', nargs='+', metavar='JSON', default=None,
+                 help='merge these study records (same data, size and '
+                 'seeds) into lm_study_<tag>.json with its table and '
+                 'pictures, training nothing')
   args = p.parse_args(argv)
+  if args.merge:
+    record = merge(args.merge)
+    tag = args.tag or 'merged'
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, f'lm_study_{tag}.json')
+    with open(path, 'w') as f:
+      json.dump(record, f)
+    print(f'merged {len(args.merge)} records into {path}; '
+          f'data {record["data"]}')
+    print_table(record['table'], record['runs'], record['step_s'])
+    if not args.no_plots:
+      for pic in plot(record['runs'], record['table'], record['seeds'],
+                      args.out, tag):
+        print(f'wrote {pic}')
+    return record
   if args.quick:
     args.size, args.seeds, args.lrs = 'quick', 2, '3e-3,1e-2'
     if args.arms == ','.join(ARMS):
@@ -471,7 +549,7 @@ def main(argv=None) -> dict[str, Any]:
   print_table(table, results, step_s)
   print(f'wrote {path}')
   if not args.no_plots and results:
-    for pic in plot(results, table, seeds, lrs, args.out, tag):
+    for pic in plot(results, table, seeds, args.out, tag):
       print(f'wrote {pic}')
   return record
 

@@ -1,0 +1,116 @@
+"""The language-model study (examples/benchmarks/lm_study.py) and its data.
+
+The quick mode trains two arms for 24 steps on the standard library's bytes:
+a check that every part of the study runs, not a result.
+"""
+
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from ko_examples import gpt
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..', 'examples',
+                                'benchmarks'))
+import lm_study  # noqa: E402  pylint: disable=g-import-not-at-top
+
+
+def _write(root, name, data):
+  path = os.path.join(root, name)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, 'wb') as f:
+    f.write(data)
+
+
+def test_read_text_splits_is_a_fixed_split_by_file(tmp_path):
+  for i in range(40):
+    _write(tmp_path, f'pkg{i % 3}/mod{i}.py', bytes([65 + i % 26]) * (i + 1))
+  _write(tmp_path, 'notes.txt', b'not read')
+  _write(tmp_path, '__pycache__/x.py', b'skipped')
+  splits, info = gpt.read_text_splits(str(tmp_path), heldout_every=4)
+  again, _ = gpt.read_text_splits(str(tmp_path), heldout_every=4)
+  for k in ('train', 'val', 'test'):
+    np.testing.assert_array_equal(splits[k], again[k])
+    assert info[f'{k}_files'] > 0 and info[f'{k}_bytes'] == splits[k].size
+  # Every file is in exactly one split: bytes add up (each + one NUL).
+  total = sum(i + 2 for i in range(40))
+  assert sum(s.size for s in splits.values()) == total
+  # The validation files are read_text_folder's.
+  _, val, _ = gpt.read_text_folder(str(tmp_path), val_every=4)
+  np.testing.assert_array_equal(val, splits['val'])
+  with pytest.raises(ValueError, match='heldout_every'):
+    gpt.read_text_splits(str(tmp_path), heldout_every=2)
+  with pytest.raises(ValueError, match='would be empty'):
+    gpt.read_text_splits(str(tmp_path), max_bytes=1)
+
+
+def test_summary_picks_the_rate_on_validation_and_pairs_with_adamw():
+  seeds = [0, 1]
+  grid = dict(seeds=[0, 1, 0, 1, 0, 1],
+              lrs=[1e-3, 1e-3, 1e-2, 1e-2, 1e-1, 1e-1])
+  runs = {
+      # rate 1e-1 diverged for one seed: never chosen.
+      'adamw': dict(grid, final_val=[3, 3, 2, 2.2, 1, np.nan],
+                    final_test=[3, 3, 2.5, 2.7, 0, 0]),
+      # another grid order, and a rate (1e-4) run for one seed only.
+      'ko': dict(seeds=[1, 0, 0, 1, 0], lrs=[1e-3, 1e-3, 1e-2, 1e-2, 1e-4],
+                 final_val=[1.7, 1.5, 2, 2, 0.0],
+                 final_test=[2.6, 2.4, 0, 0, 0]),
+  }
+  table = lm_study.summarize(runs, seeds)
+  assert table['adamw']['lr'] == 1e-2 and table['ko']['lr'] == 1e-3
+  assert table['ko']['runs'] == [1, 0]
+  np.testing.assert_allclose(table['ko']['test_minus_adamw'], [-0.1, -0.1])
+
+
+def test_merge_joins_runs_of_one_arm(tmp_path):
+  def record(lrs, arms, val):
+    runs = {a: dict(seeds=[0] * len(lrs), lrs=lrs, final_val=val,
+                    final_test=val, wall_s=1.0,
+                    curves=dict(step=[10], train=[val], val=[val],
+                                cos=[[[0.1]] * len(lrs)],
+                                rank=[[[1.0]] * len(lrs)]))
+            for a in arms}
+    return dict(size={'steps': 10}, seeds=[0], data={'x': 1}, runs=runs,
+                step_s={})
+  paths = []
+  for i, rec in enumerate([record([1e-2], ['adamw', 'muon'], [2.0]),
+                           record([1e-3, 1e-2], ['adamw'], [1.0, 9.0])]):
+    paths.append(str(tmp_path / f'{i}.json'))
+    with open(paths[-1], 'w') as f:
+      json.dump(rec, f)
+  merged = lm_study.merge(paths)
+  assert merged['runs']['adamw']['lrs'] == [1e-2, 1e-3]   # 1e-2 kept once
+  assert merged['runs']['adamw']['curves']['val'] == [[2.0, 1.0]]
+  assert merged['table']['adamw']['lr'] == 1e-3
+  assert merged['arms'] == ['adamw', 'muon']
+  bad = record([1e-2], ['adamw'], [1.0])
+  bad['seeds'] = [0, 1]
+  with open(tmp_path / 'bad.json', 'w') as f:
+    json.dump(bad, f)
+  with pytest.raises(ValueError, match='seeds'):
+    lm_study.merge(paths + [str(tmp_path / 'bad.json')])
+
+
+def test_quick_study_runs_and_records(tmp_path):
+  record = lm_study.main(['--quick', '--arms', 'adamw,ko_gpt',
+                          '--step-repeats', '1', '--out', str(tmp_path)])
+  with open(tmp_path / 'lm_study_quick.json') as f:
+    saved = json.load(f)
+  assert saved['arms'] == ['adamw', 'ko_gpt'] == record['arms']
+  assert (tmp_path / 'lm_curves_quick.png').exists()
+  assert (tmp_path / 'lm_condensation_quick.png').exists()
+  for arm in ('adamw', 'ko_gpt'):
+    run = saved['runs'][arm]
+    n_runs = len(saved['seeds']) * len(saved['lrs'])
+    assert np.isfinite(run['final_test']).all() and len(run['final_test']) \
+        == n_runs
+    # Trained: below the 8 bits per byte of a uniform guess.
+    assert max(run['final_val']) < 7.0
+    cos = np.asarray(run['curves']['cos'])
+    assert cos.shape == (2, n_runs, 2)     # evaluations x runs x blocks
+    assert saved['step_s'][arm] > 0
+  assert saved['table']['ko_gpt']['lr'] in saved['lrs']
