@@ -96,8 +96,8 @@ def test_merge_joins_runs_of_one_arm(tmp_path):
 
 
 def test_quick_study_runs_and_records(tmp_path):
-  record = lm_study.main(['--quick', '--arms', 'adamw,ko_gpt',
-                          '--step-repeats', '1', '--out', str(tmp_path)])
+  record = lm_study.main(['--quick', '--lrs', '1e-2', '--step-repeats', '0',
+                          '--out', str(tmp_path)])
   with open(tmp_path / 'lm_study_quick.json') as f:
     saved = json.load(f)
   assert saved['arms'] == ['adamw', 'ko_gpt'] == record['arms']
@@ -111,6 +111,5 @@ def test_quick_study_runs_and_records(tmp_path):
     # Trained: below the 8 bits per byte of a uniform guess.
     assert max(run['final_val']) < 7.0
     cos = np.asarray(run['curves']['cos'])
-    assert cos.shape == (2, n_runs, 2)     # evaluations x runs x blocks
-    assert saved['step_s'][arm] > 0
+    assert cos.shape == (2, n_runs, 1)     # evaluations x runs x blocks
   assert saved['table']['ko_gpt']['lr'] in saved['lrs']
