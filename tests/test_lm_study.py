@@ -113,3 +113,11 @@ def test_quick_study_runs_and_records(tmp_path):
     cos = np.asarray(run['curves']['cos'])
     assert cos.shape == (2, n_runs, 1)     # evaluations x runs x blocks
   assert saved['table']['ko_gpt']['lr'] in saved['lrs']
+
+
+def test_step_only_times_each_arm(tmp_path):
+  out = lm_study.main(['--quick', '--arms', 'adamw', '--step-only',
+                       '--step-repeats', '1', '--out', str(tmp_path)])
+  assert out['step_s']['adamw'] > 0
+  with open(tmp_path / 'lm_steps_quick.json') as f:
+    assert json.load(f)['step_s'] == out['step_s']

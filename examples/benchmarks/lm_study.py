@@ -460,7 +460,7 @@ def main(argv=None) -> dict[str, Any]:
   p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   p.add_argument('--size', choices=sorted(SIZES), default='cpu')
   p.add_argument('--quick', action='store_true', help='--size quick (one '
-                 'block), 2 seeds, 2 learning rates, AdamW and the authors\' '
+                 "block), 2 seeds, 2 learning rates, AdamW and the authors' "
                  'recipe: a check that runs in seconds')
   p.add_argument('--arms', default=','.join(ARMS))
   p.add_argument('--seeds', type=int, default=5)
@@ -474,6 +474,9 @@ def main(argv=None) -> dict[str, Any]:
   p.add_argument('--max-minutes', type=float, default=None,
                  help='start no new arm after this many minutes (the JSON '
                  'is rewritten after every arm, so a cut run keeps its arms)')
+  p.add_argument('--step-only', action='store_true',
+                 help='time one training step of one run per arm (no '
+                 'study): writes lm_steps_<tag>.json')
   p.add_argument('--merge', nargs='+', metavar='JSON', default=None,
                  help='merge these study records (same data, size and '
                  'seeds) into lm_study_<tag>.json with its table and '
@@ -518,6 +521,20 @@ def main(argv=None) -> dict[str, Any]:
         f'{lrs}; arms {arms}', flush=True)
   study = Study(size, seeds, lrs, splits)
   os.makedirs(args.out, exist_ok=True)
+  if args.step_only:
+    step_s = {}
+    for arm in arms:
+      step_s[arm] = step_time(study, arm, max(args.step_repeats, 1))
+      print(f'{arm:20s} {1e3 * step_s[arm]:8.1f} ms/step  '
+            f'{step_s[arm] / step_s[arms[0]]:5.2f}x {arms[0]}', flush=True)
+    path = os.path.join(args.out, f'lm_steps_{tag}.json')
+    with open(path, 'w') as f:
+      json.dump(dict(size=dataclasses.asdict(size), step_s=step_s,
+                     repeats=args.step_repeats,
+                     devices=[str(d) for d in jax.devices()],
+                     jax=jax.__version__), f)
+    print(f'wrote {path}')
+    return dict(step_s=step_s)
   path = os.path.join(args.out, f'lm_study_{tag}.json')
   results: dict[str, Any] = {}
   step_s: dict[str, float] = {}
