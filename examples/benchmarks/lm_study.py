@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -204,26 +205,39 @@ class Study:
           [c.effective_rank for c in cond.values()])))
     return jnp.stack(cos), jnp.stack(rank)
 
-  def programs(self, arm: str, chunk: int | None = None):
-    """Compiled ``(init, train_chunk, evaluate)``, vmapped over runs.
+  @functools.cached_property
+  def init_params_runs(self):
+    """Compiled ``seeds -> params``, vmapped: one compile for every arm."""
+    return jax.jit(jax.vmap(self.init_params))
 
-    ``train_chunk`` takes ``chunk`` steps (default: ``eval_every``) and
-    returns the new runs, their mean training loss over the chunk, their
-    validation loss on the running windows and the condensation of every
-    block; ``evaluate(runs, xs, ys)`` is the loss on ``eval_windows``
-    windows.
+  @functools.cached_property
+  def evaluate(self):
+    """Compiled ``(params, xs, ys) -> loss`` per run, shared by the arms."""
+    def evaluate(params, xs, ys):
+      return self.eval_loss(params, xs, ys, chunk=min(8, xs.shape[0]))
+    return jax.jit(jax.vmap(evaluate, in_axes=(0, None, None)))
+
+  def programs(self, arm: str, chunk: int | None = None):
+    """Compiled ``(init, train_chunk)`` of ``arm``, vmapped over runs.
+
+    ``init(seeds, lrs)`` makes the runs (parameters, optimizer state, rate,
+    data key); ``train_chunk`` takes ``chunk`` steps (default:
+    ``eval_every``) and returns the new runs, their mean training loss over
+    the chunk, their validation loss on the running windows and the
+    condensation of every block.
     """
     size = self.size
     chunk = chunk or size.eval_every
 
-    def init(seed, lr):
-      params = self.init_params(seed)
+    def init_run(params, seed, lr):
       tx = make_tx(arm, jax.random.key(seed + 1000))
       return dict(params=params, opt=tx.init(params), lr=lr,
                   data_key=jax.random.key(seed), step=jnp.zeros((), jnp.int32))
 
-    def evaluate(run, xs, ys):
-      return self.eval_loss(run['params'], xs, ys, chunk=min(8, xs.shape[0]))
+    init_runs = jax.jit(jax.vmap(init_run))
+
+    def init(seeds, lrs):
+      return init_runs(self.init_params_runs(seeds), seeds, lrs)
 
     def train_chunk(run):
       tx = make_tx(arm, jax.random.key(0))   # update reads keys from state
@@ -240,7 +254,8 @@ class Study:
                     step=run['step'] + 1), loss
 
       run, losses = jax.lax.scan(step, run, None, length=chunk)
-      val = evaluate(run, *self.eval_sets['val_running'])
+      xs, ys = self.eval_sets['val_running']
+      val = self.eval_loss(run['params'], xs, ys, chunk=min(8, xs.shape[0]))
       return run, jnp.mean(losses), val
 
     def train_and_observe(runs):
@@ -251,23 +266,22 @@ class Study:
       cos, rank = jax.lax.map(self.condensation, runs['params'])
       return runs, losses, val, cos, rank
 
-    return (jax.jit(jax.vmap(init)),
-            jax.jit(train_and_observe, donate_argnums=0),
-            jax.jit(jax.vmap(evaluate, in_axes=(0, None, None))))
+    return init, jax.jit(train_and_observe, donate_argnums=0)
 
-  def final_loss(self, evaluate, run, which: str) -> np.ndarray:
+  def final_loss(self, run, which: str) -> np.ndarray:
     """Mean loss of every run on the final ``which`` windows, evaluated in
-    pieces of the running evaluation's size (no extra compile)."""
+    pieces of the running evaluation's size (one compile for all arms)."""
     xs, ys = self.eval_sets[which]
     n = self.size.eval_windows
-    pieces = [np.asarray(evaluate(run, xs[i:i + n], ys[i:i + n]))
+    pieces = [np.asarray(self.evaluate(run['params'], xs[i:i + n],
+                                       ys[i:i + n]))
               for i in range(0, xs.shape[0] - n + 1, n)]
     return np.mean(pieces, axis=0)
 
   def run_arm(self, arm: str) -> dict[str, Any]:
     size = self.size
     t0 = time.time()
-    init, train_chunk, evaluate = self.programs(arm)
+    init, train_chunk = self.programs(arm)
     run = init(self.grid_seeds, self.grid_lrs)
     chunks = size.steps // size.eval_every
     curves: dict[str, list] = {'step': [], 'train': [], 'val': [],
@@ -287,8 +301,8 @@ class Study:
       if not np.all(np.isfinite(train_loss)):
         print(f'  {arm}: non-finite training loss at step '
               f'{curves["step"][-1]} for some runs', flush=True)
-    val = self.final_loss(evaluate, run, 'val')
-    test = self.final_loss(evaluate, run, 'test')
+    val = self.final_loss(run, 'val')
+    test = self.final_loss(run, 'test')
     return dict(arm=arm, seeds=[g[0] for g in self.grid],
                 lrs=[g[1] for g in self.grid], final_val=val.tolist(),
                 final_test=test.tolist(), curves=curves,
@@ -297,7 +311,7 @@ class Study:
 
 def step_time(study: Study, arm: str, repeats: int) -> float:
   """Seconds per training step of one run (not vmapped), after compiling."""
-  init, train_chunk, _ = study.programs(arm, chunk=1)
+  init, train_chunk = study.programs(arm, chunk=1)
   run = init(jnp.zeros(1, jnp.int32), jnp.full(1, 1e-3, jnp.float32))
   run, loss, *_ = train_chunk(run)
   jax.block_until_ready(loss)
