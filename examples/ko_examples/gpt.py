@@ -175,6 +175,37 @@ def stdlib_dir() -> str:
   return sysconfig.get_paths()['stdlib']
 
 
+def _read_by_file(root: str, suffix: str, max_bytes: int | None,
+                  split_of: Any, names: tuple[str, ...]) -> dict[str, list]:
+  """The files under ``root`` ending in ``suffix``, as bytes per split.
+
+  Walks ``root`` (skipping ``site-packages`` and ``__pycache__``), reads the
+  files in sorted order, each followed by a NUL byte, until ``max_bytes``
+  are read; ``split_of(crc)`` names the split of a file from the CRC-32 of
+  its path relative to ``root``. Returns lists of bytes per name.
+  """
+  paths = []
+  for dirpath, dirnames, filenames in os.walk(root):
+    dirnames[:] = sorted(d for d in dirnames
+                         if d not in ('site-packages', '__pycache__'))
+    paths += [os.path.join(dirpath, f) for f in sorted(filenames)
+              if f.endswith(suffix)]
+  parts: dict[str, list[bytes]] = {k: [] for k in names}
+  total = 0
+  for path in sorted(paths):
+    rel = os.path.relpath(path, root)
+    try:
+      with open(path, 'rb') as f:
+        data = f.read()
+    except OSError:
+      continue
+    parts[split_of(zlib.crc32(rel.encode()))].append(data + b'\0')
+    total += len(data) + 1
+    if max_bytes is not None and total >= max_bytes:
+      break
+  return parts
+
+
 def read_text_splits(root: str, *, suffix: str = '.py',
                      heldout_every: int = 10, max_bytes: int | None = None,
                      ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -204,27 +235,10 @@ def read_text_splits(root: str, *, suffix: str = '.py',
   """
   if heldout_every < 3:
     raise ValueError(f'heldout_every must be >= 3, got {heldout_every}')
-  paths = []
-  for dirpath, dirnames, filenames in os.walk(root):
-    dirnames[:] = sorted(d for d in dirnames
-                         if d not in ('site-packages', '__pycache__'))
-    paths += [os.path.join(dirpath, f) for f in sorted(filenames)
-              if f.endswith(suffix)]
-  parts: dict[str, list[bytes]] = {'train': [], 'val': [], 'test': []}
-  total = 0
-  for path in sorted(paths):
-    rel = os.path.relpath(path, root)
-    try:
-      with open(path, 'rb') as f:
-        data = f.read()
-    except OSError:
-      continue
-    r = zlib.crc32(rel.encode()) % heldout_every
-    split = 'val' if r == 0 else 'test' if r == 1 else 'train'
-    parts[split].append(data + b'\0')
-    total += len(data) + 1
-    if max_bytes is not None and total >= max_bytes:
-      break
+  parts = _read_by_file(
+      root, suffix, max_bytes, names=('train', 'val', 'test'),
+      split_of=lambda crc: ('val', 'test', 'train')[
+          min(crc % heldout_every, 2)])
   empty = [k for k, v in parts.items() if not v]
   if empty:
     raise ValueError(f'too few {suffix} files under {root} for a split: '
@@ -258,26 +272,9 @@ def read_text_folder(root: str, *, suffix: str = '.py',
   Returns:
     ``(train, val, info)``: two uint8 arrays and counts of files and bytes.
   """
-  paths = []
-  for dirpath, dirnames, filenames in os.walk(root):
-    dirnames[:] = sorted(d for d in dirnames
-                         if d not in ('site-packages', '__pycache__'))
-    paths += [os.path.join(dirpath, f) for f in sorted(filenames)
-              if f.endswith(suffix)]
-  parts = {'train': [], 'val': []}
-  total = 0
-  for path in sorted(paths):
-    rel = os.path.relpath(path, root)
-    try:
-      with open(path, 'rb') as f:
-        data = f.read()
-    except OSError:
-      continue
-    split = 'val' if zlib.crc32(rel.encode()) % val_every == 0 else 'train'
-    parts[split].append(data + b'\0')
-    total += len(data) + 1
-    if max_bytes is not None and total >= max_bytes:
-      break
+  parts = _read_by_file(
+      root, suffix, max_bytes, names=('train', 'val'),
+      split_of=lambda crc: 'val' if crc % val_every == 0 else 'train')
   if not parts['train'] or not parts['val']:
     raise ValueError(f'too few {suffix} files under {root} for a split')
   arrays = {k: np.frombuffer(b''.join(v), np.uint8) for k, v in parts.items()}
