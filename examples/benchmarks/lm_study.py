@@ -145,12 +145,11 @@ def windows(data, key, batch, context):
   return w[:, :-1], w[:, 1:]
 
 
-def fixed_windows(data: np.ndarray, n: int, context: int, seed: int):
+def fixed_windows(data: np.ndarray, n: int, context: int):
   """``n`` evenly spaced windows (deterministic, the same for every arm)."""
   starts = np.linspace(0, data.size - context - 2, n).astype(np.int64)
   idx = starts[:, None] + np.arange(context + 1)[None]
   w = data[idx].astype(np.int32)
-  del seed
   return jnp.asarray(w[:, :-1]), jnp.asarray(w[:, 1:])
 
 
@@ -167,11 +166,11 @@ class Study:
     self.train = jnp.asarray(splits['train'])
     self.eval_sets = {
         'val_running': fixed_windows(splits['val'], size.eval_windows,
-                                     size.context, 1),
+                                     size.context),
         'val': fixed_windows(splits['val'], size.final_windows,
-                             size.context, 2),
+                             size.context),
         'test': fixed_windows(splits['test'], size.final_windows,
-                              size.context, 3)}
+                              size.context)}
     grid = [(s, lr) for lr in lrs for s in seeds]
     self.grid = grid
     self.grid_seeds = jnp.asarray([g[0] for g in grid], jnp.int32)
@@ -328,8 +327,7 @@ def _runs_at(r: dict[str, Any], lr: float, seeds: list[int]) -> list[int]:
   return [where[(s, lr)] for s in seeds if (s, lr) in where]
 
 
-def summarize(results: dict[str, dict], seeds: list[int],
-              lrs: list[float] | None = None) -> dict[str, Any]:
+def summarize(results: dict[str, dict], seeds: list[int]) -> dict[str, Any]:
   """Chooses each arm's learning rate on validation; pairs test with AdamW.
 
   Each arm's runs are ``(seed, lr)`` pairs (``r['seeds']``, ``r['lrs']``);
@@ -338,7 +336,6 @@ def summarize(results: dict[str, dict], seeds: list[int],
   validation loss is chosen. Test losses at that rate are paired by seed
   with AdamW's at its own chosen rate.
   """
-  del lrs
   table = {}
   for arm, r in results.items():
     val, test = np.asarray(r['final_val']), np.asarray(r['final_test'])
@@ -406,7 +403,7 @@ def merge(paths: list[str]) -> dict[str, Any]:
   return merged
 
 
-def print_table(table, results, step_s):
+def print_table(table, step_s):
   print(f'\n{"arm":20s} {"lr":>7s} {"val bpb":>15s} {"test bpb":>15s} '
         f'{"test - adamw (paired)":>22s} {"step x adamw":>12s}')
   base = step_s.get('adamw')
@@ -418,7 +415,6 @@ def print_table(table, results, step_s):
     print(f'{arm:20s} {row["lr"]:7.0e} {val.mean():7.4f} +- {val.std():.4f} '
           f'{test.mean():7.4f} +- {test.std():.4f} '
           f'{d.mean():+9.4f} +- {d.std():.4f}     {ratio}')
-  del results
 
 
 def plot(results, table, seeds, out, tag):
@@ -505,7 +501,7 @@ def main(argv=None) -> dict[str, Any]:
       json.dump(record, f)
     print(f'merged {len(args.merge)} records into {path}; '
           f'data {record["data"]}')
-    print_table(record['table'], record['runs'], record['step_s'])
+    print_table(record['table'], record['step_s'])
     if not args.no_plots:
       for pic in plot(record['runs'], record['table'], record['seeds'],
                       args.out, tag):
@@ -556,7 +552,7 @@ def main(argv=None) -> dict[str, Any]:
   started = time.time()
 
   def save():
-    table = summarize(results, seeds, lrs)
+    table = summarize(results, seeds)
     record.update(size=dataclasses.asdict(size), seeds=seeds, lrs=lrs,
                   data=info, devices=[str(d) for d in jax.devices()],
                   arms=list(results), table=table, step_s=step_s,
@@ -581,7 +577,7 @@ def main(argv=None) -> dict[str, Any]:
           flush=True)
     save()
   table = save()
-  print_table(table, results, step_s)
+  print_table(table, step_s)
   print(f'wrote {path}')
   if not args.no_plots and results:
     for pic in plot(results, table, seeds, args.out, tag):
