@@ -224,10 +224,10 @@ def soft_collision(
   w_sq = jnp.sum(jnp.square(w), axis=-2, keepdims=True)
   g_sq = jnp.sum(jnp.square(g_s), axis=-2, keepdims=True)
   ok = jnp.isfinite(w_sq) & jnp.isfinite(g_sq)          # (..., 1, N)
-  unit = lambda x, sq: jnp.where(
-      ok, x / jnp.where(sq > 0, jnp.sqrt(sq), 1.0), 0.0)
   g_norms = jnp.where(ok, jnp.sqrt(g_sq), 0.0)
   g_s = jnp.where(ok, g_s, 0.0)
+  unit = lambda x, sq: jnp.where(
+      ok, x / jnp.where(sq > 0, jnp.sqrt(sq), 1.0), 0.0)
   s = _kernel(unit(w, w_sq), unit(g_s, g_sq), threshold, include_self)
   repulsion = jnp.einsum('...dm,...mn->...dn', g_s, s)
   if normalization == 'mean':
@@ -787,7 +787,8 @@ def _keep_finite(new: jax.Array, old: jax.Array, poison: Any) -> jax.Array:
 def collide_groups(
     w_leaves: list[jax.Array], g_leaves: list[jax.Array],
     specs: list[particles_lib.ParticleSpec], groups: list[CollisionGroup],
-    randomness: list[Any], rate: Any, poison: Any = False, **options: Any,
+    randomness: list[Any], rate: Any, poison: Any = False,
+    one: Any = None, **options: Any,
 ) -> list[jax.Array]:
   """Collides the particles of several leaves, one batched call per group.
 
@@ -805,6 +806,10 @@ def collide_groups(
     rate: the collision rate.
     poison: True (maybe traced) when the rate is bad: the returned leaves
       are then NaN (the "Bad values" policy of docs/method.md).
+    one: None, or a run-time float32 1 (a value XLA cannot fold,
+      :func:`run_time_one`): each leaf cut out of a group of several is
+      then divided by it, which changes no bit and keeps the base
+      optimizer's kernels shared between leaves (:func:`materialized`).
     **options: ``mode``, ``threshold``, ``include_self``, ``normalization``,
       ``length_scale``, ``cell_size``, ``cell_groups`` of
       :func:`stochastic_collision`.
@@ -823,8 +828,38 @@ def collide_groups(
           _from_real_view(new[start:start + size, :leaf_d], g.dtype),
           specs[k], g.shape)
       out[k] = _keep_finite(leaf, g, poison)
+      if one is not None and len(group.members) > 1:
+        out[k] = materialized(out[k], one)
       start += size
   return out
+
+
+def materialized(leaf: jax.Array, one: jax.Array) -> jax.Array:
+  """``leaf`` divided by a run-time 1: the same values, bit for bit.
+
+  A compile-time device, for leaves cut out of a group's stack. The cut
+  is a slice at a constant offset, which XLA fuses into each consumer of
+  the leaf: the base optimizer's per-leaf kernels (Adam's two moments and
+  its update), otherwise identical for every leaf of a shape and compiled
+  once, then carry the offset and are compiled once per leaf (on XLA:CPU
+  about 10 ms of LLVM time each: a 12-block GPT's KO-hard step had 296
+  distinct kernels against Adam's 30). XLA does not copy a division into
+  several consumers: the cut leaf is computed once, by one small kernel of
+  its own, and the kernels after it stay shared (230 distinct kernels on
+  that GPT; docs/method.md). Dividing by 1 returns every normal number,
+  zero, infinity and NaN as it is; subnormals (below ~1.2e-38 in float32)
+  become 0 where the backend flushes them, as XLA:CPU does in any
+  arithmetic (the base optimizer's first multiply would flush them too).
+  ``one`` must be a run-time value: a constant 1 is folded away.
+  """
+  return leaf / one.astype(leaf.dtype)
+
+
+def run_time_one(count: jax.Array) -> jax.Array:
+  """A float32 1 that XLA cannot fold to a constant, for
+  :func:`materialized`: ``1 + 0 * count`` of a step count (finite, so
+  the product is 0; XLA keeps ``0 * x`` of floats, NaN when x is not)."""
+  return 1.0 + 0.0 * jnp.asarray(count, jnp.float32)
 
 
 # The size of one N x N soft kernel (over the systems of a leaf) from which
@@ -1005,7 +1040,8 @@ def stochastic_collision(
     def collide_all(rate: Any, poison: Any = False) -> list[jax.Array]:
       return collide_groups(
           [param_leaves[i] for i in active], [leaves[i] for i in active],
-          active_specs, groups, randomness, rate, poison, mode=mode,
+          active_specs, groups, randomness, rate, poison,
+          one=run_time_one(state.count), mode=mode,
           threshold=threshold, include_self=include_self,
           normalization=normalization, length_scale=length_scale,
           cell_size=cell_size, cell_groups=cell_groups)
