@@ -855,7 +855,7 @@ def materialized(leaf: jax.Array, one: jax.Array) -> jax.Array:
   return leaf / one.astype(leaf.dtype)
 
 
-def run_time_one(count: jax.Array) -> jax.Array:
+def run_time_one(count: Any) -> jax.Array:
   """A float32 1 that XLA cannot fold to a constant, for
   :func:`materialized`: ``1 + 0 * count`` of a step count (finite, so
   the product is 0; XLA keeps ``0 * x`` of floats, NaN when x is not)."""

@@ -78,9 +78,15 @@ timeout ${COMPILE_TIMEOUT:-180} $PY examples/benchmarks/compile_benchmark.py \
 
 # 5. The language-model study at its CPU size, run where it is fast: every
 # arm, 5 seeds, the learning-rate grid (examples/benchmarks/lm_study.py).
+# LM_ARMS / LM_LRS pick arms and rates, e.g. the arm the first H200 run
+# missed: LM_ARMS=muon LM_TAG=h200_muon PARTS=lm (about 60 s per 20 runs on
+# an H200); then merge with the records in results/lm (lm_study.py --merge),
+# after checking that the corpus is the same (Python 3.12: 198 train files,
+# 3118546 bytes).
 part_lm() {
 timeout ${LM_TIMEOUT:-300} $PY examples/benchmarks/lm_study.py \
   --size ${LM_SIZE:-cpu} --seeds 5 --tag ${LM_TAG:-cpu_size_on_gpu} \
+  ${LM_ARMS:+--arms $LM_ARMS} ${LM_LRS:+--lrs $LM_LRS} \
   --step-repeats 0 --max-minutes ${LM_MINUTES:-4} --out "$OUT" 2>&1 | tee "$OUT/lm_cpu_size.txt"
 }
 
