@@ -653,8 +653,8 @@ def group_randomness(key: jax.Array, groups: list[CollisionGroup], *,
   (B, M), directions (B, D, M))``, with unit directions that are zero
   beyond each system's own D.
   All the hard collisions of a tree are cut from ONE ``jax.random.bits``
-  draw, converted by one sort (every pairing at once, each system sorted
-  inside its own segment), one uniform and one normal conversion, and the
+  draw, converted by one batched sort per group (each system's particles
+  by two random words), one uniform and one normal conversion, and the
   cells' keys are one split: the step compiles a fixed number of
   random-number kernels, whatever its number of leaves and shapes.
   """
@@ -679,15 +679,13 @@ def group_randomness(key: jax.Array, groups: list[CollisionGroup], *,
   t, total_u = sum(sort_sizes), sum(u_sizes)
   bits = jax.random.bits(bits_key, (2 * t + total_u + sum(dir_sizes),),
                          jnp.uint32)
-  # Every system's pairing in one sort: segment id first, then 64 random
-  # bits; the payload is the particle's index inside its system.
-  segment = np.repeat(np.arange(sum(size(k) for k in hard)),
-                      np.concatenate([[groups[k].n] * size(k) for k in hard]))
-  local = np.concatenate([np.tile(np.arange(groups[k].n), size(k))
-                          for k in hard])
-  order = jax.lax.sort(
-      (jnp.asarray(segment, jnp.int32), bits[:t], bits[t:2 * t],
-       jnp.asarray(local, jnp.int32)), num_keys=3)[3]
+  # Each group's pairings in one batched sort, (B, N) by 64 random bits
+  # (two words per particle); the payload is the particle's index.
+  def pairing(start: int, b: int, n: int) -> jax.Array:
+    words = lambda at: bits[at + start:at + start + b * n].reshape(b, n)
+    index = jax.lax.broadcasted_iota(jnp.int32, (b, n), 1)
+    return jax.lax.sort((words(0), words(t), index), dimension=-1,
+                        num_keys=2)[2]
   uniforms = uniform_from_bits(bits[2 * t:2 * t + total_u], jnp.float32)
   normals = normal_from_bits(bits[2 * t + total_u:], jnp.float32)
   so = uo = do = 0
@@ -699,7 +697,7 @@ def group_randomness(key: jax.Array, groups: list[CollisionGroup], *,
       dims = np.repeat(gr.dims, gr.systems)
       z = jnp.where(np.arange(gr.d)[None, :, None] < dims[:, None, None],
                     z, 0.0)
-    out[k] = (order[so:so + ss].reshape(b, gr.n),
+    out[k] = (pairing(so, b, gr.n),
               uniforms[uo:uo + us].reshape(b, m), _unit_bounded_columns(z))
     so, uo, do = so + ss, uo + us, do + ds
   return out
