@@ -362,7 +362,7 @@ def scatter_pairs(
 def collide_pairs(
     w_i: jax.Array, w_j: jax.Array, g_i: jax.Array, g_j: jax.Array,
     rate: Any, uniforms: jax.Array, directions: jax.Array, *,
-    length_scale: Any,
+    length_scale: Any, scale: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
   """One DSMC step of given pairs: acceptance, then elastic scattering.
 
@@ -373,7 +373,10 @@ def collide_pairs(
   relative speed; the velocities are divided by the power of 2 just below
   their largest entry (exact; not when they hold a non-finite value) before
   the norms are taken, and an entry whose scattered value would overflow
-  the dtype keeps its input value.
+  the dtype keeps its input value. ``scale`` (..., 1, 1), if given, is that
+  power of 2, computed by the caller (e.g. once over a whole particle
+  system before it is cut into pairs: one reduction instead of two; any
+  power of 2 gives the same result where nothing overflows or underflows).
 
   Returns:
     The new ``(g_i, g_j)``.
@@ -382,8 +385,9 @@ def collide_pairs(
   # finite entry (exact); a pair holding a non-finite value then has a
   # non-finite relative speed, or a NaN distance (an infinite one already
   # gives p = 0).
-  scale = jnp.maximum(_finite_scale(g_i, (-2, -1)),
-                      _finite_scale(g_j, (-2, -1)))      # (..., 1, 1)
+  if scale is None:
+    scale = jnp.maximum(_finite_scale(g_i, (-2, -1)),
+                        _finite_scale(g_j, (-2, -1)))    # (..., 1, 1)
   distance = jnp.sqrt(jnp.sum(jnp.square(w_i - w_j), axis=-2))
   gi, gj = g_i / scale, g_j / scale
   speed = jnp.sqrt(jnp.sum(jnp.square(gi - gj), axis=-2))
@@ -483,10 +487,12 @@ def hard_collision(
 
 def _hard_collision_paired(
     w: jax.Array, g: jax.Array, rate: Any, order: jax.Array, u: jax.Array,
-    directions: jax.Array, *, length_scale: Any,
+    directions: jax.Array, inverse: jax.Array | None = None, *,
+    length_scale: Any,
 ) -> jax.Array:
   """The DSMC step of (D, N) matrices, given the pairing ``order`` (N,),
-  the acceptance uniforms (M,) and the unit scattering directions (D, M)."""
+  the acceptance uniforms (M,), the unit scattering directions (D, M) and,
+  optionally, the inverse permutation of ``order`` (else a scatter)."""
   d, n = g.shape
   m = n // 2
   # Particles as rows (contiguous on CPU), in pairing order: pair k is rows
@@ -497,12 +503,14 @@ def _hard_collision_paired(
   w2, g2 = pairs(wp), pairs(gp)
   new_i, new_j = collide_pairs(w2[:, 0].T, w2[:, 1].T, g2[:, 0].T,
                                g2[:, 1].T, rate, u, directions,
-                               length_scale=length_scale)
+                               length_scale=length_scale,
+                               scale=_finite_scale(g, (-2, -1)))
   new = jnp.stack([new_i.T, new_j.T], axis=1).reshape(2 * m, d)
   if n % 2:
     new = jnp.concatenate([new, gp[2 * m:]])
-  inverse = jnp.zeros_like(order).at[order].set(
-      jnp.arange(n, dtype=order.dtype), unique_indices=True)
+  if inverse is None:
+    inverse = jnp.zeros_like(order).at[order].set(
+        jnp.arange(n, dtype=order.dtype), unique_indices=True)
   return new[inverse].T
 
 
@@ -519,8 +527,8 @@ def _collide_system(
   """Collides one particle system, a (D, N) matrix; returns the new g.
 
   ``randomness`` is the system's share of :func:`group_randomness`: None
-  (soft), the hard collision's ``(order, uniforms, directions)``, or a key
-  (collision cells).
+  (soft), the hard collision's ``(order, uniforms, directions, inverse)``,
+  or a key (collision cells).
   """
   n = g.shape[-1]
   if mode == 'soft':
@@ -650,8 +658,9 @@ def group_randomness(key: jax.Array, groups: list[CollisionGroup], *,
 
   Returns, per group: None (soft without cells: deterministic), B typed
   keys (collision cells), or the hard collision's ``(order (B, N), uniforms
-  (B, M), directions (B, D, M))``, with unit directions that are zero
-  beyond each system's own D.
+  (B, M), directions (B, D, M), inverse (B, N))``, with unit directions
+  that are zero beyond each system's own D and ``inverse`` the inverse
+  permutation of ``order``.
   All the hard collisions of a tree are cut from ONE ``jax.random.bits``
   draw, converted by one batched sort per group (each system's particles
   by two random words), one uniform and one normal conversion, and the
@@ -681,11 +690,15 @@ def group_randomness(key: jax.Array, groups: list[CollisionGroup], *,
                          jnp.uint32)
   # Each group's pairings in one batched sort, (B, N) by 64 random bits
   # (two words per particle); the payload is the particle's index.
-  def pairing(start: int, b: int, n: int) -> jax.Array:
+  # A second sort of each system's order gives its inverse permutation
+  # (a sort of B x N integers compiles and runs cheaper than a scatter).
+  def pairing(start: int, b: int, n: int) -> tuple[jax.Array, jax.Array]:
     words = lambda at: bits[at + start:at + start + b * n].reshape(b, n)
     index = jax.lax.broadcasted_iota(jnp.int32, (b, n), 1)
-    return jax.lax.sort((words(0), words(t), index), dimension=-1,
-                        num_keys=2)[2]
+    order = jax.lax.sort((words(0), words(t), index), dimension=-1,
+                         num_keys=2)[2]
+    return order, jax.lax.sort((order, index), dimension=-1,
+                               num_keys=1)[1]
   uniforms = uniform_from_bits(bits[2 * t:2 * t + total_u], jnp.float32)
   normals = normal_from_bits(bits[2 * t + total_u:], jnp.float32)
   so = uo = do = 0
@@ -697,8 +710,9 @@ def group_randomness(key: jax.Array, groups: list[CollisionGroup], *,
       dims = np.repeat(gr.dims, gr.systems)
       z = jnp.where(np.arange(gr.d)[None, :, None] < dims[:, None, None],
                     z, 0.0)
-    out[k] = (pairing(so, b, gr.n),
-              uniforms[uo:uo + us].reshape(b, m), _unit_bounded_columns(z))
+    order, inverse = pairing(so, b, gr.n)
+    out[k] = (order, uniforms[uo:uo + us].reshape(b, m),
+              _unit_bounded_columns(z), inverse)
     so, uo, do = so + ss, uo + us, do + ds
   return out
 
