@@ -263,3 +263,24 @@ def test_cutting_leaves_through_a_run_time_one_changes_no_bit():
   odd = jnp.array([jnp.inf, -jnp.inf, 0.0, -0.0, 3e38, 1.2e-38])
   np.testing.assert_array_equal(collision.materialized(odd, one), odd)
   assert bool(jnp.isnan(collision.materialized(jnp.float32(jnp.nan), one)))
+
+
+def test_group_randomness_inverse_undoes_the_pairing():
+  # The grouped hard path takes the inverse permutation from a second sort;
+  # momentum and energy cannot see a wrong one (they are sums over the
+  # particles), so check it, and the collision, against the scatter.
+  leaves = [GRADS['a'], GRADS['b']]             # one group of two
+  specs = [particles.normalize_spec(-1, x.shape) for x in leaves]
+  groups = collision.plan_groups(leaves, specs)
+  for group, rand in zip(groups, collision.group_randomness(
+      jax.random.key(4), groups, mode='hard')):
+    order, u, directions, inverse = rand
+    n = group.n
+    for b in range(order.shape[0]):
+      np.testing.assert_array_equal(order[b][inverse[b]], np.arange(n))
+    w = jax.random.normal(jax.random.key(5), (group.d, n))
+    g = jax.random.normal(jax.random.key(6), (group.d, n))
+    run = jax.jit(lambda w, g, o, u, d, *inv: collision._hard_collision_paired(
+        w, g, jnp.float32(3.0), o, u, d, *inv, length_scale=20.0))
+    share = (w, g, order[0], u[0], directions[0])
+    np.testing.assert_array_equal(run(*share, inverse[0]), run(*share))
