@@ -225,44 +225,28 @@ def test_base_optimizer_kernels_stay_shared_between_equal_leaves(
   # A deeper stack of equal blocks may add one small kernel per colliding
   # leaf (its cut out of the group), not a copy of Adam's kernels per leaf:
   # the cut ends in a division by a run-time 1, which XLA does not fuse
-  # into each consumer (collision.materialized).
-  def kernels(blocks):
-    params = {f'b{i}': {'w': jnp.ones((8, 12)), 'v': jnp.ones((16, 12)),
+  # into each consumer (collision.materialized). The updates are the same.
+  def build(blocks):
+    params = {f'b{i}': {'w': jax.random.normal(jax.random.key(i), (8, 12)),
+                        'v': jax.random.normal(jax.random.key(-i), (16, 12)),
                         'b': jnp.zeros(12)} for i in range(blocks)}
-    tx = ko_optax.ko(1e-3)
-    step = jax.jit(lambda p, s: tx.update(p, s, p))
-    return _distinct_kernels(
-        step.lower(params, tx.init(params)).compile().as_text())
-  few, many = kernels(2), kernels(8)
-  extra_leaves = 2 * (8 - 2)                     # w and v collide
-  assert many - few <= extra_leaves + 2, (few, many)
-  # The static cut alone lets Adam's kernels multiply with the leaves.
-  monkeypatch.setattr(collision, 'run_time_one', lambda count: None)
-  assert kernels(8) - few >= many - few + extra_leaves // 2
-
-
-def test_cutting_leaves_through_a_run_time_one_changes_no_bit():
-  leaves = [GRADS['a'], GRADS['b'], GRADS['c']]
-  specs = [particles.normalize_spec(-1, x.shape) for x in leaves]
-  groups = collision.plan_groups(leaves, specs)
-  assert len(groups[0].members) > 1
-  randomness = collision.group_randomness(jax.random.key(1), groups,
-                                          mode='hard')
-  opts = dict(mode='hard', threshold=0.0, include_self=False,
-              normalization=None, length_scale=20.0, cell_size=None,
-              cell_groups=1)
-  run = jax.jit(lambda w, g, one: collision.collide_groups(
-      w, g, specs, groups, randomness, 2.0, one=one, **opts))
-  params = [TREE['a'], TREE['b'], TREE['c']]
-  plain = jax.jit(lambda w, g: collision.collide_groups(
-      w, g, specs, groups, randomness, 2.0, **opts))(params, leaves)
-  cut = run(params, leaves, collision.run_time_one(jnp.int32(7)))
-  for a, b in zip(plain, cut):
-    np.testing.assert_array_equal(a, b)
+    tx = ko_optax.ko(1e-3, collision_rate=0.5)
+    state = tx.init(params)
+    compiled = jax.jit(lambda p, s: tx.update(p, s, p)).lower(
+        params, state).compile()
+    return _distinct_kernels(compiled.as_text()), compiled(params, state)[0]
   one = collision.run_time_one(jnp.int32(0))
   odd = jnp.array([jnp.inf, -jnp.inf, 0.0, -0.0, 3e38, 1.2e-38])
   np.testing.assert_array_equal(collision.materialized(odd, one), odd)
   assert bool(jnp.isnan(collision.materialized(jnp.float32(jnp.nan), one)))
+  (few, _), (many, updates) = build(2), build(5)
+  extra_leaves = 2 * (5 - 2)                     # w and v collide
+  assert many - few <= extra_leaves + 2, (few, many)
+  # The static cut alone lets Adam's kernels multiply with the leaves.
+  monkeypatch.setattr(collision, 'run_time_one', lambda count: None)
+  static, same = build(5)
+  assert static - few >= many - few + extra_leaves // 2, (few, many, static)
+  jax.tree.map(np.testing.assert_array_equal, updates, same)
 
 
 def test_group_randomness_inverse_undoes_the_pairing():
