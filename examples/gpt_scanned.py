@@ -23,7 +23,7 @@ kernels.
 Usage::
 
     python examples/gpt_scanned.py            # 6 blocks x 128, 2000 steps
-    python examples/gpt_scanned.py --quick    # 2 blocks x 32, 40 steps
+    python examples/gpt_scanned.py --quick    # 2 blocks x 32, 24 steps
 """
 
 from __future__ import annotations
@@ -117,11 +117,11 @@ def main(argv=None) -> dict:
   p.add_argument('--optimizers', default='ko,adamw')
   p.add_argument('--seed', type=int, default=0)
   p.add_argument('--quick', action='store_true',
-                 help='2 blocks x 32, context 32, 40 steps')
+                 help='2 blocks x 32, context 32, 24 steps')
   args = p.parse_args(argv)
   if args.quick:
-    args.steps, args.depth, args.width, args.context = 40, 2, 32, 32
-    args.batch_size, args.eval_every, args.eval_batches = 16, 20, 4
+    args.steps, args.depth, args.width, args.context = 24, 2, 32, 32
+    args.batch_size, args.eval_every, args.eval_batches = 16, 12, 4
     args.max_bytes, args.lr = 1_000_000, 1e-2
 
   train, val, info = gpt.stdlib_corpus(max_bytes=args.max_bytes)
