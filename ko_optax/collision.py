@@ -224,10 +224,10 @@ def soft_collision(
   w_sq = jnp.sum(jnp.square(w), axis=-2, keepdims=True)
   g_sq = jnp.sum(jnp.square(g_s), axis=-2, keepdims=True)
   ok = jnp.isfinite(w_sq) & jnp.isfinite(g_sq)          # (..., 1, N)
-  g_norms = jnp.where(ok, jnp.sqrt(g_sq), 0.0)
-  g_s = jnp.where(ok, g_s, 0.0)
   unit = lambda x, sq: jnp.where(
       ok, x / jnp.where(sq > 0, jnp.sqrt(sq), 1.0), 0.0)
+  g_norms = jnp.where(ok, jnp.sqrt(g_sq), 0.0)
+  g_s = jnp.where(ok, g_s, 0.0)
   s = _kernel(unit(w, w_sq), unit(g_s, g_sq), threshold, include_self)
   repulsion = jnp.einsum('...dm,...mn->...dn', g_s, s)
   if normalization == 'mean':
@@ -482,17 +482,27 @@ def hard_collision(
                                          dtype=g.dtype)
   assert order is not None  # drawn with pairing=True
   return _hard_collision_paired(w, g, rate, order, u, directions,
+                                inverse_permutation(order),
                                 length_scale=length_scale)
+
+
+def inverse_permutation(order: jax.Array) -> jax.Array:
+  """The inverse of permutations ``order`` (..., N) along the last axis.
+
+  A sort of ``(order, index)``: on XLA:CPU it compiles and runs cheaper
+  than the scatter ``inverse[order] = index`` for the pairings' sizes.
+  """
+  index = jax.lax.broadcasted_iota(order.dtype, order.shape, order.ndim - 1)
+  return jax.lax.sort((order, index), dimension=-1, num_keys=1)[1]
 
 
 def _hard_collision_paired(
     w: jax.Array, g: jax.Array, rate: Any, order: jax.Array, u: jax.Array,
-    directions: jax.Array, inverse: jax.Array | None = None, *,
-    length_scale: Any,
+    directions: jax.Array, inverse: jax.Array, *, length_scale: Any,
 ) -> jax.Array:
   """The DSMC step of (D, N) matrices, given the pairing ``order`` (N,),
-  the acceptance uniforms (M,), the unit scattering directions (D, M) and,
-  optionally, the inverse permutation of ``order`` (else a scatter)."""
+  the acceptance uniforms (M,), the unit scattering directions (D, M) and
+  the inverse permutation of ``order`` (N,)."""
   d, n = g.shape
   m = n // 2
   # Particles as rows (contiguous on CPU), in pairing order: pair k is rows
@@ -508,9 +518,6 @@ def _hard_collision_paired(
   new = jnp.stack([new_i.T, new_j.T], axis=1).reshape(2 * m, d)
   if n % 2:
     new = jnp.concatenate([new, gp[2 * m:]])
-  if inverse is None:
-    inverse = jnp.zeros_like(order).at[order].set(
-        jnp.arange(n, dtype=order.dtype), unique_indices=True)
   return new[inverse].T
 
 
@@ -690,15 +697,11 @@ def group_randomness(key: jax.Array, groups: list[CollisionGroup], *,
                          jnp.uint32)
   # Each group's pairings in one batched sort, (B, N) by 64 random bits
   # (two words per particle); the payload is the particle's index.
-  # A second sort of each system's order gives its inverse permutation
-  # (a sort of B x N integers compiles and runs cheaper than a scatter).
-  def pairing(start: int, b: int, n: int) -> tuple[jax.Array, jax.Array]:
+  def pairing(start: int, b: int, n: int) -> jax.Array:
     words = lambda at: bits[at + start:at + start + b * n].reshape(b, n)
     index = jax.lax.broadcasted_iota(jnp.int32, (b, n), 1)
-    order = jax.lax.sort((words(0), words(t), index), dimension=-1,
-                         num_keys=2)[2]
-    return order, jax.lax.sort((order, index), dimension=-1,
-                               num_keys=1)[1]
+    return jax.lax.sort((words(0), words(t), index), dimension=-1,
+                        num_keys=2)[2]
   uniforms = uniform_from_bits(bits[2 * t:2 * t + total_u], jnp.float32)
   normals = normal_from_bits(bits[2 * t + total_u:], jnp.float32)
   so = uo = do = 0
@@ -710,9 +713,9 @@ def group_randomness(key: jax.Array, groups: list[CollisionGroup], *,
       dims = np.repeat(gr.dims, gr.systems)
       z = jnp.where(np.arange(gr.d)[None, :, None] < dims[:, None, None],
                     z, 0.0)
-    order, inverse = pairing(so, b, gr.n)
+    order = pairing(so, b, gr.n)
     out[k] = (order, uniforms[uo:uo + us].reshape(b, m),
-              _unit_bounded_columns(z), inverse)
+              _unit_bounded_columns(z), inverse_permutation(order))
     so, uo, do = so + ss, uo + us, do + ds
   return out
 

@@ -93,7 +93,8 @@ def test_no_overflow_near_the_dtype_maximum():
     u = jnp.zeros(N // 2)                 # every pair collides
     directions = jnp.ones((D, N // 2)) / np.sqrt(D)
     hard = collision._hard_collision_paired(  # pylint: disable=protected-access
-        w, g, 1.0, order, u, directions, length_scale=1e30)
+        w, g, 1.0, order, u, directions, order,  # identity: its own inverse
+        length_scale=1e30)
     return soft, hard
   soft, hard = both(w, g)
   assert np.isfinite(soft).all() and np.isfinite(hard).all()

@@ -250,9 +250,9 @@ def test_base_optimizer_kernels_stay_shared_between_equal_leaves(
 
 
 def test_group_randomness_inverse_undoes_the_pairing():
-  # The grouped hard path takes the inverse permutation from a second sort;
+  # The hard path takes the inverse permutation from a second sort;
   # momentum and energy cannot see a wrong one (they are sums over the
-  # particles), so check it, and the collision, against the scatter.
+  # particles), so check it, and the collision, against NumPy's argsort.
   leaves = [GRADS['a'], GRADS['b']]             # one group of two
   specs = [particles.normalize_spec(-1, x.shape) for x in leaves]
   groups = collision.plan_groups(leaves, specs)
@@ -264,7 +264,10 @@ def test_group_randomness_inverse_undoes_the_pairing():
       np.testing.assert_array_equal(order[b][inverse[b]], np.arange(n))
     w = jax.random.normal(jax.random.key(5), (group.d, n))
     g = jax.random.normal(jax.random.key(6), (group.d, n))
-    run = jax.jit(lambda w, g, o, u, d, *inv: collision._hard_collision_paired(
-        w, g, jnp.float32(3.0), o, u, d, *inv, length_scale=20.0))
+    run = jax.jit(lambda w, g, o, u, d, inv: collision._hard_collision_paired(
+        w, g, jnp.float32(3.0), o, u, d, inv, length_scale=20.0))
     share = (w, g, order[0], u[0], directions[0])
-    np.testing.assert_array_equal(run(*share, inverse[0]), run(*share))
+    np.testing.assert_array_equal(
+        run(*share, inverse[0]),
+        run(*share, jnp.asarray(np.argsort(np.asarray(order[0])),
+                                jnp.int32)))
