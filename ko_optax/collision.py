@@ -120,9 +120,10 @@ def _finite_scale(x: jax.Array, axis: Any) -> jax.Array:
   return jnp.where(jnp.isfinite(m), pow2_floor(m), jnp.ones_like(m))
 
 
-def _unit_bounded_columns(x: jax.Array) -> jax.Array:
-  """:func:`unit_columns` of columns with moderate entries (random normals)."""
-  norms = jnp.sqrt(jnp.sum(jnp.square(x), axis=-2, keepdims=True))
+def _unit_bounded_columns(x: jax.Array, axis: int = -2) -> jax.Array:
+  """:func:`unit_columns` of columns with moderate entries (random normals);
+  with ``axis=-1``, of rows."""
+  norms = jnp.sqrt(jnp.sum(jnp.square(x), axis=axis, keepdims=True))
   return x / jnp.where(norms > 0, norms, 1.0)
 
 
@@ -293,6 +294,27 @@ def unit_directions(bits: jax.Array, dtype: Any) -> jax.Array:
   return _unit_bounded_columns(normal_from_bits(bits, dtype))
 
 
+def random_words(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+  """Random uint32 words of ``shape`` from a typed ``key``.
+
+  ``jax.random.bits``, drawn on CPU with JAX's original threefry counter
+  layout (``jax.threefry_partitionable(False)``), which keeps both output
+  words of every threefry block: XLA:CPU compiles it to one fused kernel
+  and runs it 3-5x faster than the partitionable layout (JAX's default),
+  which hashes one counter per word and XORs the two outputs (2.5 M words:
+  5 ms against 15-27 ms on a 2-core CPU; the 12-block GPT's KO-hard step
+  -6 %, docs/benchmarks.md). Elsewhere the partitionable layout is kept,
+  so that on a sharded accelerator mesh XLA can shard the draw. The
+  numbers depend on the layout, not on the sharding: one backend gives the
+  same words sharded or not. Keys of other PRNG implementations ('rbg')
+  draw as ``jax.random.bits`` does.
+  """
+  if jax.default_backend() != 'cpu':
+    return jax.random.bits(key, shape, jnp.uint32)
+  with jax.threefry_partitionable(False):
+    return jax.random.bits(key, shape, jnp.uint32)
+
+
 def pair_words(n: int, d: int, *, pairing: bool) -> int:
   """Random uint32 words one hard-collision step of N particles needs."""
   return (n // 2) * (d + 1) + (2 * n if pairing else 0)
@@ -342,7 +364,7 @@ def pair_randomness(bits: jax.Array, n: int, d: int, *, pairing: bool,
 
 def scatter_pairs(
     g_i: jax.Array, g_j: jax.Array, relative_speed: jax.Array,
-    collide: jax.Array, directions: jax.Array,
+    collide: jax.Array, directions: jax.Array, *, axis: int = -2,
 ) -> tuple[jax.Array, jax.Array]:
   """Elastic isotropic scattering of pairs (columns of (..., D, M) arrays).
 
@@ -350,11 +372,13 @@ def scatter_pairs(
   and relative speed ``r``; its relative velocity is redrawn along the unit
   ``direction`` (uniform on the sphere):
   ``g_i <- v + (r / 2) n``, ``g_j <- v - (r / 2) n``. Pairs with
-  ``collide`` False are returned unchanged.
+  ``collide`` False are returned unchanged. ``relative_speed`` and
+  ``collide`` have shape (..., M); with ``axis=-1`` the pairs are the rows
+  of (..., M, D) arrays instead.
   """
   centre = 0.5 * (g_i + g_j)
-  half = 0.5 * relative_speed[..., None, :] * directions
-  collide = collide[..., None, :]
+  half = 0.5 * jnp.expand_dims(relative_speed, axis) * directions
+  collide = jnp.expand_dims(collide, axis)
   return (jnp.where(collide, centre + half, g_i),
           jnp.where(collide, centre - half, g_j))
 
@@ -362,12 +386,15 @@ def scatter_pairs(
 def collide_pairs(
     w_i: jax.Array, w_j: jax.Array, g_i: jax.Array, g_j: jax.Array,
     rate: Any, uniforms: jax.Array, directions: jax.Array, *,
-    length_scale: Any, scale: jax.Array | None = None,
+    length_scale: Any, scale: jax.Array | None = None, axis: int = -2,
 ) -> tuple[jax.Array, jax.Array]:
   """One DSMC step of given pairs: acceptance, then elastic scattering.
 
   Pairs are the columns of (..., D, M) arrays; ``uniforms`` (..., M) and
-  unit ``directions`` (..., D, M) are the step's random numbers. Bad values
+  unit ``directions`` (..., D, M) are the step's random numbers. With
+  ``axis=-1`` (the axis of the particle dimension D) the pairs are the rows
+  of (..., M, D) arrays, directions included: particles stored as rows
+  need no transpose (:func:`hard_collision`). Bad values
   (docs/method.md): a pair with a non-finite value in either particle does
   not collide and is returned as it is, and takes no part in the maximum
   relative speed; the velocities are divided by the power of 2 just below
@@ -388,18 +415,21 @@ def collide_pairs(
   if scale is None:
     scale = jnp.maximum(_finite_scale(g_i, (-2, -1)),
                         _finite_scale(g_j, (-2, -1)))    # (..., 1, 1)
-  distance = jnp.sqrt(jnp.sum(jnp.square(w_i - w_j), axis=-2))
+  length = lambda x: jnp.sqrt(jnp.sum(jnp.square(x), axis=axis))
+  distance = length(w_i - w_j)
   gi, gj = g_i / scale, g_j / scale
-  speed = jnp.sqrt(jnp.sum(jnp.square(gi - gj), axis=-2))
+  speed = length(gi - gj)
   ok = jnp.isfinite(speed) & ~jnp.isnan(distance)
   speed = jnp.where(ok, speed, 0.0)
   max_speed = jnp.max(speed, axis=-1, keepdims=True)
   ratio = speed / jnp.where(max_speed > 0, max_speed, 1.0)
   p = jnp.clip(rate * ratio * jnp.exp(-distance / length_scale), 0.0, 1.0)
   collide = ok & (uniforms < p)
-  new_i, new_j = scatter_pairs(gi, gj, speed, collide, directions)
+  new_i, new_j = scatter_pairs(gi, gj, speed, collide, directions,
+                               axis=axis)
   keep = lambda new, old: jnp.where(
-      collide[..., None, :] & jnp.isfinite(new * scale), new * scale, old)
+      jnp.expand_dims(collide, axis) & jnp.isfinite(new * scale),
+      new * scale, old)
   return keep(new_i, g_i), keep(new_j, g_j)
 
 
@@ -427,8 +457,7 @@ def hard_collision_pairs(
   g2 = g.reshape(pair_shape)
   w_i, w_j = w2[..., 0], w2[..., 1]
   g_i, g_j = g2[..., 0], g2[..., 1]
-  bits = jax.random.bits(key, (*batch, pair_words(n, d, pairing=False)),
-                         jnp.uint32)
+  bits = random_words(key, (*batch, pair_words(n, d, pairing=False)))
   _, u, directions = pair_randomness(bits, n, d, pairing=False,
                                      dtype=g.dtype)
   g_i, g_j = collide_pairs(w_i, w_j, g_i, g_j, rate, u, directions,
@@ -477,11 +506,11 @@ def hard_collision(
   d, n = g.shape
   if n < 2:
     return g
-  bits = jax.random.bits(key, (pair_words(n, d, pairing=True),), jnp.uint32)
+  bits = random_words(key, (pair_words(n, d, pairing=True),))
   order, u, directions = pair_randomness(bits, n, d, pairing=True,
                                          dtype=g.dtype)
   assert order is not None  # drawn with pairing=True
-  return _hard_collision_paired(w, g, rate, order, u, directions,
+  return _hard_collision_paired(w, g, rate, order, u, directions.T,
                                 inverse_permutation(order),
                                 length_scale=length_scale)
 
@@ -501,21 +530,21 @@ def _hard_collision_paired(
     directions: jax.Array, inverse: jax.Array, *, length_scale: Any,
 ) -> jax.Array:
   """The DSMC step of (D, N) matrices, given the pairing ``order`` (N,),
-  the acceptance uniforms (M,), the unit scattering directions (D, M) and
-  the inverse permutation of ``order`` (N,)."""
+  the acceptance uniforms (M,), the unit scattering directions as rows
+  (M, D) and the inverse permutation of ``order`` (N,)."""
   d, n = g.shape
   m = n // 2
   # Particles as rows (contiguous on CPU), in pairing order: pair k is rows
   # 2k and 2k + 1. One row gather in, one row gather (by the inverse
-  # permutation) out; no scatter.
+  # permutation) out; no scatter, and the pairs collide as rows (no
+  # transpose of the pair halves).
   wp, gp = w.T[order], g.T[order]
   pairs = lambda x: x[:2 * m].reshape(m, 2, d)
   w2, g2 = pairs(wp), pairs(gp)
-  new_i, new_j = collide_pairs(w2[:, 0].T, w2[:, 1].T, g2[:, 0].T,
-                               g2[:, 1].T, rate, u, directions,
-                               length_scale=length_scale,
-                               scale=_finite_scale(g, (-2, -1)))
-  new = jnp.stack([new_i.T, new_j.T], axis=1).reshape(2 * m, d)
+  new_i, new_j = collide_pairs(w2[:, 0], w2[:, 1], g2[:, 0], g2[:, 1], rate,
+                               u, directions, length_scale=length_scale,
+                               scale=_finite_scale(g, (-2, -1)), axis=-1)
+  new = jnp.stack([new_i, new_j], axis=1).reshape(2 * m, d)
   if n % 2:
     new = jnp.concatenate([new, gp[2 * m:]])
   return new[inverse].T
@@ -665,9 +694,9 @@ def group_randomness(key: jax.Array, groups: list[CollisionGroup], *,
 
   Returns, per group: None (soft without cells: deterministic), B typed
   keys (collision cells), or the hard collision's ``(order (B, N), uniforms
-  (B, M), directions (B, D, M), inverse (B, N))``, with unit directions
-  that are zero beyond each system's own D and ``inverse`` the inverse
-  permutation of ``order``.
+  (B, M), directions (B, M, D), inverse (B, N))``, with unit directions
+  (rows) that are zero beyond each system's own D and ``inverse`` the
+  inverse permutation of ``order``.
   All the hard collisions of a tree are cut from ONE ``jax.random.bits``
   draw, converted by one batched sort per group (each system's particles
   by two random words), one uniform and one normal conversion, and the
@@ -693,8 +722,7 @@ def group_randomness(key: jax.Array, groups: list[CollisionGroup], *,
   u_sizes = [size(k) * (groups[k].n // 2) for k in hard]
   dir_sizes = [size(k) * groups[k].d * (groups[k].n // 2) for k in hard]
   t, total_u = sum(sort_sizes), sum(u_sizes)
-  bits = jax.random.bits(bits_key, (2 * t + total_u + sum(dir_sizes),),
-                         jnp.uint32)
+  bits = random_words(bits_key, (2 * t + total_u + sum(dir_sizes),))
   # Each group's pairings in one batched sort, (B, N) by 64 random bits
   # (two words per particle); the payload is the particle's index.
   def pairing(start: int, b: int, n: int) -> jax.Array:
@@ -708,14 +736,14 @@ def group_randomness(key: jax.Array, groups: list[CollisionGroup], *,
   for k, ss, us, ds in zip(hard, sort_sizes, u_sizes, dir_sizes):
     gr = groups[k]
     b, m = size(k), gr.n // 2
-    z = normals[do:do + ds].reshape(b, gr.d, m)
+    z = normals[do:do + ds].reshape(b, m, gr.d)
     if min(gr.dims) < gr.d:
       dims = np.repeat(gr.dims, gr.systems)
-      z = jnp.where(np.arange(gr.d)[None, :, None] < dims[:, None, None],
+      z = jnp.where(np.arange(gr.d)[None, None, :] < dims[:, None, None],
                     z, 0.0)
     order = pairing(so, b, gr.n)
     out[k] = (order, uniforms[uo:uo + us].reshape(b, m),
-              _unit_bounded_columns(z), inverse_permutation(order))
+              _unit_bounded_columns(z, axis=-1), inverse_permutation(order))
     so, uo, do = so + ss, uo + us, do + ds
   return out
 

@@ -146,8 +146,8 @@ def hard_step():
     kw, kg = jax.random.split(jax.random.key(123))
     w = jax.random.normal(kw, (d, n))
     g = jax.random.normal(kg, (d, n))
-    bits = jax.random.bits(key, (collision.pair_words(n, d, pairing=True),),
-                           jnp.uint32)
+    bits = collision.random_words(
+        key, (collision.pair_words(n, d, pairing=True),))
     order = collision.pair_randomness(bits, n, d, pairing=True,
                                       dtype=g.dtype)[0]
     new = collision.hard_collision(w, g, rate, key, length_scale=20.0)

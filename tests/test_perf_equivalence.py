@@ -47,8 +47,8 @@ def _numpy_hard(w, g, rate, order, u, directions, length_scale=20.0):
 def test_hard_collision_equals_the_numpy_loop(d, n):
   fast_fn = jax.jit(collision.hard_collision)
   draw = jax.jit(lambda k: collision.pair_randomness(
-      jax.random.bits(k, (collision.pair_words(n, d, pairing=True),),
-                      jnp.uint32), n, d, pairing=True, dtype=jnp.float32))
+      collision.random_words(k, (collision.pair_words(n, d, pairing=True),)),
+      n, d, pairing=True, dtype=jnp.float32))
   for rate in (0.0, 0.3, 5.0):
     for seed in range(3):
       kw, kg, k = jax.random.split(jax.random.key(seed), 3)
@@ -70,8 +70,8 @@ def test_hard_collision_pairs_equals_the_numpy_loop():
   w = jax.random.normal(kw, (2, d, n))
   g = jax.random.normal(kg, (2, d, n))
   new = np.asarray(jax.jit(collision.hard_collision_pairs)(w, g, 3.0, k))
-  bits = jax.random.bits(k, (2, collision.pair_words(n, d, pairing=False)),
-                         jnp.uint32)
+  bits = collision.random_words(
+      k, (2, collision.pair_words(n, d, pairing=False)))
   _, u, directions = map(np.asarray, collision.pair_randomness(
       bits, n, d, pairing=False, dtype=jnp.float32))
   for b in range(2):   # each leading block is its own gas
@@ -110,8 +110,9 @@ GRADS = jax.tree.map(lambda x: jnp.cos(3.0 * x) + 0.1, TREE)
 
 def _own_share(randomness, b, d):
   """System ``b``'s share of a group's randomness, cut to its own D."""
-  # (D, M) directions -> the system's own D rows.
-  return jax.tree.map(lambda x: x[b] if x.ndim < 3 else x[b, :d], randomness)
+  # (M, D) directions (rows) -> the system's own D columns.
+  return jax.tree.map(lambda x: x[b] if x.ndim < 3 else x[b, :, :d],
+                      randomness)
 
 
 @pytest.mark.parametrize('options', [
