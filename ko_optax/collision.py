@@ -54,6 +54,7 @@ import optax
 
 from ko_optax import _checks
 from ko_optax import cells as cells_lib
+from ko_optax import keys as keys_lib
 from ko_optax import particles as particles_lib
 from ko_optax._numerics import pow2_floor
 
@@ -295,23 +296,11 @@ def unit_directions(bits: jax.Array, dtype: Any) -> jax.Array:
 
 
 def random_words(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-  """Random uint32 words of ``shape`` from a typed ``key``.
-
-  ``jax.random.bits``, drawn on CPU with JAX's original threefry counter
-  layout (``jax.threefry_partitionable(False)``), which keeps both output
-  words of every threefry block: XLA:CPU compiles it to one fused kernel
-  and runs it 3-5x faster than the partitionable layout (JAX's default),
-  which hashes one counter per word and XORs the two outputs (2.5 M words:
-  5 ms against 15-27 ms on a 2-core CPU; the 12-block GPT's KO-hard step
-  -6 %, docs/benchmarks.md). Elsewhere the partitionable layout is kept,
-  so that on a sharded accelerator mesh XLA can shard the draw. The
-  numbers depend on the layout, not on the sharding: one backend gives the
-  same words sharded or not. Keys of other PRNG implementations ('rbg')
-  draw as ``jax.random.bits`` does.
-  """
-  if jax.default_backend() != 'cpu':
-    return jax.random.bits(key, shape, jnp.uint32)
-  with jax.threefry_partitionable(False):
+  """Random uint32 words of ``shape`` from a typed ``key``:
+  ``jax.random.bits`` in :func:`ko_optax.keys.draw_layout` (on CPU, JAX's
+  original threefry layout, 3-5x faster there than the partitionable one;
+  the 12-block GPT's KO-hard step about 6 % faster)."""
+  with keys_lib.draw_layout():
     return jax.random.bits(key, shape, jnp.uint32)
 
 
