@@ -64,6 +64,32 @@ def test_hard_collision_equals_the_numpy_loop(d, n):
       np.testing.assert_allclose(fast, plain, rtol=1e-5, atol=1e-6)
 
 
+def test_pairs_as_rows_collide_as_pairs_as_columns():
+  # The grouped path collides pairs as rows (axis=-1, no transposes); the
+  # same numbers laid out as columns must give the same result.
+  rows = lambda x: jnp.swapaxes(x, -1, -2)
+
+  @jax.jit
+  def both(key):
+    k = jax.random.split(key, 6)
+    d, m = 7, 9
+    w_i, w_j, g_i, g_j = (jax.random.normal(x, (2, d, m)) for x in k[:4])
+    u = jax.random.uniform(k[4], (2, m))
+    directions = collision.unit_directions(
+        jax.random.bits(k[5], (2, d, m), jnp.uint32), jnp.float32)
+    cols = collision.collide_pairs(w_i, w_j, g_i, g_j, 3.0, u, directions,
+                                   length_scale=4.0)
+    by_rows = collision.collide_pairs(
+        rows(w_i), rows(w_j), rows(g_i), rows(g_j), 3.0, u,
+        rows(directions), length_scale=4.0, axis=-1)
+    return g_i, cols, by_rows
+  g_i, cols, by_rows = both(jax.random.key(11))
+  changed = ~np.all(np.asarray(cols[0]) == np.asarray(g_i), axis=-2)
+  assert changed.any() and not changed.all()   # some pairs collide, not all
+  for a, b in zip(cols, by_rows):
+    np.testing.assert_allclose(a, rows(b), rtol=1e-6, atol=1e-7)
+
+
 def test_hard_collision_pairs_equals_the_numpy_loop():
   d, n = 6, 10
   kw, kg, k = jax.random.split(jax.random.key(7), 3)
