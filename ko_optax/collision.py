@@ -299,7 +299,7 @@ def random_words(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
   """Random uint32 words of ``shape`` from a typed ``key``:
   ``jax.random.bits`` in :func:`ko_optax.keys.draw_layout` (on CPU, JAX's
   original threefry layout, 3-5x faster there than the partitionable one;
-  the 12-block GPT's KO-hard step about 6 % faster)."""
+  the 12-block GPT's KO-hard step 3-6 % faster)."""
   with keys_lib.draw_layout():
     return jax.random.bits(key, shape, jnp.uint32)
 

@@ -52,14 +52,14 @@ def draw_layout() -> contextlib.AbstractContextManager[Any]:
   """The threefry counter layout of KO's random draws, as a context.
 
   On CPU, JAX's original layout (``jax.threefry_partitionable(False)``),
-  which keeps both output words of every threefry block: XLA:CPU compiles
-  it to one fused kernel and runs it 3-5x faster than the partitionable
-  layout (JAX's default), which hashes one counter per word and XORs the
-  two outputs (2.5 M words: 5 ms against 15-27 ms on a 2-core CPU;
-  docs/benchmarks.md). Elsewhere the partitionable layout is kept, so that
-  on a sharded accelerator mesh XLA can shard the draw. The numbers depend
-  on the layout, not on the sharding: one backend draws the same numbers
-  sharded or not. Keys of other PRNG implementations ('rbg') are not
+  which keeps both output words of every threefry block: half the hashing
+  of the partitionable layout (JAX's default), which hashes one counter per
+  word and XORs the two outputs, and on XLA:CPU 3-5x faster than it (2.5 M
+  words: 5 ms against 15-27 ms on a 2-core CPU; docs/benchmarks.md).
+  Elsewhere the partitionable layout is kept, so that on a sharded
+  accelerator mesh XLA can shard the draw. The numbers depend on the
+  layout, not on the sharding: one backend draws the same numbers sharded
+  or not. Keys of other PRNG implementations ('rbg') are not
   affected.
   """
   if jax.default_backend() == 'cpu':
