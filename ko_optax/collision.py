@@ -43,7 +43,7 @@ References:
 
 from __future__ import annotations
 
-from typing import Any, cast, NamedTuple
+from typing import Any, Callable, cast, NamedTuple
 import warnings
 
 import chex
@@ -55,6 +55,7 @@ import optax
 from ko_optax import _checks
 from ko_optax import cells as cells_lib
 from ko_optax import keys as keys_lib
+from ko_optax import leaf_cuts
 from ko_optax import particles as particles_lib
 from ko_optax._numerics import pow2_floor
 
@@ -576,6 +577,20 @@ def _collide_system(
   return cells_lib.unsharded(exact, w, g)
 
 
+# On CPU the soft collision stacks the leaves of a shape only where its
+# systems are this small (N * N * D, the products' work), and collides them
+# in one loop: 500 leaves of (8, 8) then compile 4x faster and step 1.3x
+# faster than leaf by leaf; at (64, 64) the compile is 2.4x faster, the
+# step 10 % slower; a 12-block GPT's (128, 128) leaves stacked made its
+# train step 1.36x-1.43x Adam's instead of 1.22x (docs/benchmarks.md).
+_SMALL_SOFT_SYSTEM = 2**15
+
+
+def _small_soft_system(d: int, n: int) -> bool:
+  """Whether soft systems of this shape are stacked on CPU."""
+  return n * n * d <= _SMALL_SOFT_SYSTEM
+
+
 # Leaves with the same number of particles N but different dimensions D are
 # collided together, zero-padded to the larger D, while the padded work is at
 # most this factor of the real work: fewer distinct shapes compile faster.
@@ -607,15 +622,19 @@ def plan_groups(g_leaves: list[jax.Array],
                 specs: list[particles_lib.ParticleSpec],
                 cell_size: int | None = None, cell_groups: int = 1,
                 paths: list[str] | None = None,
-                stack: bool = True) -> list[CollisionGroup]:
+                stack: bool | Callable[[int, int], bool] = True
+                ) -> list[CollisionGroup]:
   """Groups colliding leaves by particle shape, dtype and sharding.
 
   With ``stack=False`` every leaf is its own group (its systems are still
-  collided in one batched call). :func:`stochastic_collision` does that for
-  the deterministic soft collision on CPU: XLA:CPU compiles identical
-  kernels once, so equal-shape leaves collided one by one compile like one,
-  while cutting a stacked result back into leaves makes one distinct kernel
-  per leaf (500 leaves of (8, 8): 20 s against 72 s, docs/benchmarks.md).
+  collided in one batched call); ``stack`` may also be a predicate of a
+  system's ``(D, N)``, which stacks only the leaves it holds for.
+  :func:`stochastic_collision` stacks the deterministic soft collision on
+  CPU only for small systems (:func:`_small_soft_system`): there, a step
+  that collides the leaves of a 12-block GPT one by one runs 1.22x Adam's
+  train step, stacked 1.36x-1.43x (XLA:CPU overlaps the per-leaf products
+  with the backward pass), while 500 leaves of (8, 8) step 1.3x faster
+  stacked and compile about 4x faster (docs/benchmarks.md).
 
   Leaves whose systems share ``(D, N)``, the compute dtype and their
   explicit sharding form a group. Unsharded groups of one N on the
@@ -655,7 +674,7 @@ def plan_groups(g_leaves: list[jax.Array],
       exact.items(), key=lambda kv: (-kv[0][0], kv[0][1], str(kv[0][2]))):
     count = sum(shape[k][0] for k in members)
     group = [d, n, dtype, sharding, list(members), count * d, count]
-    if not stack:
+    if not (stack(d, n) if callable(stack) else stack):
       groups.extend([d, n, dtype, sharding, [k], 0, 0] for k in members)
       continue
     if sharding != 'None' or _uses_cells(n, cell_size, cell_groups):
@@ -775,7 +794,13 @@ def _collide_group(
                      for b in range(g.shape[0])])
   else:
     stack = lambda xs: xs[0] if len(xs) == 1 else jnp.concatenate(xs)
-    new = jax.vmap(system)(stack(ws), stack(gs), rand)
+    if (options['mode'] == 'soft' and jax.default_backend() == 'cpu'
+        and len(group.members) > 1):
+      # Small soft systems on CPU (plan_groups stacks only those there):
+      # one loop over the systems, whose products XLA:CPU runs unbatched.
+      new = jax.lax.map(lambda a: system(*a), (stack(ws), stack(gs), rand))
+    else:
+      new = jax.vmap(system)(stack(ws), stack(gs), rand)
   if poison is not False:
     new = jnp.where(poison, jnp.asarray(jnp.nan, new.dtype), new)
   return new
@@ -839,9 +864,14 @@ def collide_groups(
     poison: True (maybe traced) when the rate is bad: the returned leaves
       are then NaN (the "Bad values" policy of docs/method.md).
     one: None, or a run-time float32 1 (a value XLA cannot fold,
-      :func:`run_time_one`): each leaf cut out of a group of several is
-      then divided by it, which changes no bit and keeps the base
-      optimizer's kernels shared between leaves (:func:`materialized`).
+      :func:`ko_optax.leaf_cuts.run_time_one`): the leaves of a group of
+      several are then cut out of its stack so that the base optimizer's
+      kernels stay shared between leaves of a shape. On CPU, unsharded
+      groups are cut at run-time offsets
+      (:func:`ko_optax.leaf_cuts.run_time_offsets`: no per-leaf kernel);
+      elsewhere each cut leaf is divided by ``one``
+      (:func:`ko_optax.leaf_cuts.materialized`: one small kernel per leaf).
+      Either changes no bit.
     **options: ``mode``, ``threshold``, ``include_self``, ``normalization``,
       ``length_scale``, ``cell_size``, ``cell_groups`` of
       :func:`stochastic_collision`.
@@ -850,48 +880,31 @@ def collide_groups(
     The new gradient leaves, in order.
   """
   out: list[Any] = [None] * len(g_leaves)
-  for group, rand in zip(groups, randomness):
+  starts = [np.cumsum((0,) + group.systems[:-1]).tolist()
+            for group in groups]
+  dynamic = [one is not None and len(group.members) > 1
+             and group.sharding == 'None' and leaf_cuts.use_run_time_offsets()
+             for group in groups]
+  offsets = iter(leaf_cuts.run_time_offsets(
+      [s for group_starts, dyn in zip(starts, dynamic) if dyn
+       for s in group_starts], one))
+  for group, rand, group_starts, dyn in zip(groups, randomness, starts,
+                                            dynamic):
     new = _collide_group(w_leaves, g_leaves, specs, group, rand, rate,
                          options, poison)
-    start = 0
-    for k, size, leaf_d in zip(group.members, group.systems, group.dims):
+    for k, start, size, leaf_d in zip(group.members, group_starts,
+                                      group.systems, group.dims):
       g = g_leaves[k]
+      if dyn:
+        part = jax.lax.dynamic_slice_in_dim(new, next(offsets), size, 0)
+      else:
+        part = new[start:start + size]
       leaf = particles_lib.from_particles(
-          _from_real_view(new[start:start + size, :leaf_d], g.dtype),
-          specs[k], g.shape)
+          _from_real_view(part[:, :leaf_d], g.dtype), specs[k], g.shape)
       out[k] = _keep_finite(leaf, g, poison)
-      if one is not None and len(group.members) > 1:
-        out[k] = materialized(out[k], one)
-      start += size
+      if one is not None and len(group.members) > 1 and not dyn:
+        out[k] = leaf_cuts.materialized(out[k], one)
   return out
-
-
-def materialized(leaf: jax.Array, one: jax.Array) -> jax.Array:
-  """``leaf`` divided by a run-time 1: the same values, bit for bit.
-
-  A compile-time device, for leaves cut out of a group's stack. The cut
-  is a slice at a constant offset, which XLA fuses into each consumer of
-  the leaf: the base optimizer's per-leaf kernels (Adam's two moments and
-  its update), otherwise identical for every leaf of a shape and compiled
-  once, then carry the offset and are compiled once per leaf (on XLA:CPU
-  about 10 ms of LLVM time each: a 12-block GPT's KO-hard step had 296
-  distinct kernels against Adam's 30). XLA does not copy a division into
-  several consumers: the cut leaf is computed once, by one small kernel of
-  its own, and the kernels after it stay shared (230 distinct kernels on
-  that GPT; docs/method.md). Dividing by 1 returns every normal number,
-  zero, infinity and NaN as it is; subnormals (below ~1.2e-38 in float32)
-  become 0 where the backend flushes them, as XLA:CPU does in any
-  arithmetic (the base optimizer's first multiply would flush them too).
-  ``one`` must be a run-time value: a constant 1 is folded away.
-  """
-  return leaf / one.astype(leaf.dtype)
-
-
-def run_time_one(count: Any) -> jax.Array:
-  """A float32 1 that XLA cannot fold to a constant, for
-  :func:`materialized`: ``1 + 0 * count`` of a step count (finite, so
-  the product is 0; XLA keeps ``0 * x`` of floats, NaN when x is not)."""
-  return 1.0 + 0.0 * jnp.asarray(count, jnp.float32)
 
 
 # The size of one N x N soft kernel (over the systems of a leaf) from which
@@ -1063,8 +1076,9 @@ def stochastic_collision(
                    cell_size, cell_groups)
     groups = plan_groups(
         [leaves[i] for i in active], active_specs, cell_size, cell_groups,
-        paths, stack=(mode == 'hard' or cell_size is not None
-                      or jax.default_backend() != 'cpu'))
+        paths, stack=(True if (mode == 'hard' or cell_size is not None
+                               or jax.default_backend() != 'cpu')
+                      else _small_soft_system))
     randomness = group_randomness(step_key, groups, mode=mode,
                                   cell_size=cell_size,
                                   cell_groups=cell_groups)
@@ -1073,7 +1087,7 @@ def stochastic_collision(
       return collide_groups(
           [param_leaves[i] for i in active], [leaves[i] for i in active],
           active_specs, groups, randomness, rate, poison,
-          one=run_time_one(state.count), mode=mode,
+          one=leaf_cuts.run_time_one(state.count), mode=mode,
           threshold=threshold, include_self=include_self,
           normalization=normalization, length_scale=length_scale,
           cell_size=cell_size, cell_groups=cell_groups)

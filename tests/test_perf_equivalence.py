@@ -21,6 +21,7 @@ import pytest
 
 import ko_optax
 from ko_optax import collision
+from ko_optax import leaf_cuts
 from ko_optax import particles
 
 
@@ -150,6 +151,10 @@ def test_grouped_collision_equals_each_system_alone(options):
                                      **options)
   state = tx.init(TREE)
   grouped, _ = jax.jit(tx.update)(GRADS, state, TREE)
+  if options['mode'] == 'soft' and jax.default_backend() == 'cpu':
+    # Small soft systems are stacked on CPU too, and looped over.
+    text = jax.jit(tx.update).lower(GRADS, state, TREE).as_text()
+    assert 'stablehlo.while' in text
   # The same step by hand: one system at a time, with the grouped path's
   # random numbers, each cut to the system's own D.
   _, step_key = jax.random.split(state.key)
@@ -249,10 +254,11 @@ def _distinct_kernels(compiled_text):
 
 def test_base_optimizer_kernels_stay_shared_between_equal_leaves(
     monkeypatch):
-  # A deeper stack of equal blocks may add one small kernel per colliding
-  # leaf (its cut out of the group), not a copy of Adam's kernels per leaf:
-  # the cut ends in a division by a run-time 1, which XLA does not fuse
-  # into each consumer (collision.materialized). The updates are the same.
+  # Leaves cut out of a group's stack at constant offsets make XLA compile
+  # the base optimizer's kernels once per leaf. On CPU the cuts are at
+  # run-time offsets: a deeper stack of equal blocks adds no kernel at all.
+  # Elsewhere each cut leaf is divided by a run-time 1: at most one small
+  # kernel per colliding leaf. The updates are the same bit for bit.
   def build(blocks):
     params = {f'b{i}': {'w': jax.random.normal(jax.random.key(i), (8, 12)),
                         'v': jax.random.normal(jax.random.key(-i), (16, 12)),
@@ -262,18 +268,51 @@ def test_base_optimizer_kernels_stay_shared_between_equal_leaves(
     compiled = jax.jit(lambda p, s: tx.update(p, s, p)).lower(
         params, state).compile()
     return _distinct_kernels(compiled.as_text()), compiled(params, state)[0]
-  one = collision.run_time_one(jnp.int32(0))
+  one = leaf_cuts.run_time_one(jnp.int32(0))
   odd = jnp.array([jnp.inf, -jnp.inf, 0.0, -0.0, 3e38, 1.2e-38])
-  np.testing.assert_array_equal(collision.materialized(odd, one), odd)
-  assert bool(jnp.isnan(collision.materialized(jnp.float32(jnp.nan), one)))
+  np.testing.assert_array_equal(leaf_cuts.materialized(odd, one), odd)
+  assert bool(jnp.isnan(leaf_cuts.materialized(jnp.float32(jnp.nan), one)))
+  assert leaf_cuts.use_run_time_offsets()             # the CPU default
   (few, _), (many, updates) = build(2), build(5)
+  assert many - few <= 2, (few, many)
   extra_leaves = 2 * (5 - 2)                     # w and v collide
-  assert many - few <= extra_leaves + 2, (few, many)
+  monkeypatch.setattr(leaf_cuts, 'use_run_time_offsets', lambda: False)
+  (few_div, _), (many_div, divided) = build(2), build(5)
+  assert many_div - few_div <= extra_leaves + 2, (few_div, many_div)
   # The static cut alone lets Adam's kernels multiply with the leaves.
-  monkeypatch.setattr(collision, 'run_time_one', lambda count: None)
+  monkeypatch.setattr(leaf_cuts, 'run_time_one', lambda count: None)
   static, same = build(5)
-  assert static - few >= many - few + extra_leaves // 2, (few, many, static)
-  jax.tree.map(np.testing.assert_array_equal, updates, same)
+  assert static - few_div >= many_div - few_div + extra_leaves // 2, (
+      few_div, many_div, static)
+  for other in (divided, same):
+    jax.tree.map(np.testing.assert_array_equal, updates, other)
+
+
+def test_run_time_offsets_are_exact_and_unbatched_under_vmap():
+  # The offsets are the given ints; under jax.vmap (seeds side by side)
+  # they stay unbatched, so a cut is a dynamic_slice, not a gather; and the
+  # conditional that hides them is not folded away: two cuts of one shape
+  # at different offsets compile to one kernel.
+  x = jnp.arange(2 * 10 * 3, dtype=jnp.float32).reshape(2, 10, 3)
+  ones = leaf_cuts.run_time_one(jnp.arange(2))
+
+  def cuts(x, one):
+    a, b = leaf_cuts.run_time_offsets([2, 6], one)
+    return (2 * jax.lax.dynamic_slice_in_dim(x, a, 4, 0) + 1,
+            2 * jax.lax.dynamic_slice_in_dim(x, b, 4, 0) + 1)
+
+  batched = jax.jit(jax.vmap(cuts))
+  a, b = batched(x, ones)
+  np.testing.assert_array_equal(a, 2 * x[:, 2:6] + 1)
+  np.testing.assert_array_equal(b, 2 * x[:, 6:10] + 1)
+  hlo = batched.lower(x, ones).compile().as_text()
+  assert ' gather(' not in hlo and ' dynamic-slice(' in hlo
+  one_cut = jax.jit(cuts).lower(x[0], ones[0]).compile().as_text()
+  static = jax.jit(lambda x: (2 * x[2:6] + 1, 2 * x[6:10] + 1)).lower(
+      x[0]).compile().as_text()
+  assert 'conditional' in one_cut
+  assert _distinct_kernels(static) == 2
+  assert _distinct_kernels(one_cut) < _distinct_kernels(static) + 1
 
 
 def test_group_randomness_inverse_undoes_the_pairing():
