@@ -591,6 +591,14 @@ def _small_soft_system(d: int, n: int) -> bool:
   return n * n * d <= _SMALL_SOFT_SYSTEM
 
 
+def _soft_on_cpu(mode: str, cell_size: int | None) -> bool:
+  """The all-pairs soft collision on CPU: only the leaves of small systems
+  are stacked (:func:`_small_soft_system`), and their groups are looped
+  over, not vmapped; other leaves collide one by one."""
+  return (mode == 'soft' and cell_size is None
+          and jax.default_backend() == 'cpu')
+
+
 # Leaves with the same number of particles N but different dimensions D are
 # collided together, zero-padded to the larger D, while the padded work is at
 # most this factor of the real work: fewer distinct shapes compile faster.
@@ -794,10 +802,10 @@ def _collide_group(
                      for b in range(g.shape[0])])
   else:
     stack = lambda xs: xs[0] if len(xs) == 1 else jnp.concatenate(xs)
-    if (options['mode'] == 'soft' and jax.default_backend() == 'cpu'
+    if (_soft_on_cpu(options['mode'], options['cell_size'])
         and len(group.members) > 1):
-      # Small soft systems on CPU (plan_groups stacks only those there):
-      # one loop over the systems, whose products XLA:CPU runs unbatched.
+      # A stack of small soft systems: one loop over the systems, whose
+      # products XLA:CPU runs unbatched.
       new = jax.lax.map(lambda a: system(*a), (stack(ws), stack(gs), rand))
     else:
       new = jax.vmap(system)(stack(ws), stack(gs), rand)
@@ -1076,9 +1084,8 @@ def stochastic_collision(
                    cell_size, cell_groups)
     groups = plan_groups(
         [leaves[i] for i in active], active_specs, cell_size, cell_groups,
-        paths, stack=(True if (mode == 'hard' or cell_size is not None
-                               or jax.default_backend() != 'cpu')
-                      else _small_soft_system))
+        paths, stack=(_small_soft_system if _soft_on_cpu(mode, cell_size)
+                      else True))
     randomness = group_randomness(step_key, groups, mode=mode,
                                   cell_size=cell_size,
                                   cell_groups=cell_groups)
