@@ -58,6 +58,7 @@ from ko_optax import keys as keys_lib
 from ko_optax import leaf_cuts
 from ko_optax import particles as particles_lib
 from ko_optax._numerics import pow2_floor
+from ko_optax._numerics import select
 
 MODES = ('soft', 'hard')
 NORMALIZATIONS = (None, 'mean', 'norm', 'similarity')
@@ -119,7 +120,7 @@ def _finite_scale(x: jax.Array, axis: Any) -> jax.Array:
   overflow passes through like them.
   """
   m = jnp.max(jnp.abs(x), axis=axis, keepdims=True)
-  return jnp.where(jnp.isfinite(m), pow2_floor(m), jnp.ones_like(m))
+  return select(jnp.isfinite(m), pow2_floor(m), 1.0)
 
 
 def _unit_bounded_columns(x: jax.Array, axis: int = -2) -> jax.Array:
@@ -138,8 +139,7 @@ def soft_collision_kernel(
   ``S_ij = cos(w_i, w_j) cos(g_i, g_j)``, zeroed where below ``threshold``
   and on the diagonal unless ``include_self``. Shape (..., N, N). The
   cosines are scale-safe (:func:`unit_columns`); a column holding a
-  non-finite value gives NaN cosines, which :func:`soft_collision` avoids by
-  zeroing such particles first.
+  non-finite value gives NaN cosines, and its pairs are zero.
   """
   w_hat, _ = unit_columns(w)
   g_hat, _ = unit_columns(g)
@@ -151,12 +151,47 @@ def _kernel(w_hat: jax.Array, g_hat: jax.Array, threshold: Any,
   """:func:`soft_collision_kernel` of unit columns."""
   cos_w = jnp.einsum('...dn,...dm->...nm', w_hat, w_hat)
   cos_g = jnp.einsum('...dn,...dm->...nm', g_hat, g_hat)
-  s = cos_w * cos_g
-  s = jnp.where(s < threshold, 0.0, s)
+  return _mask_kernel(cos_w * cos_g, threshold, include_self)
+
+
+def _mask_kernel(s: jax.Array, threshold: Any,
+                 include_self: bool) -> jax.Array:
+  """Zeroes the kernel where it is below ``threshold`` or NaN and, unless
+  ``include_self``, on the diagonal: one select."""
+  keep = s >= threshold                                  # False where NaN
   if not include_self:
     n = s.shape[-1]
-    s = jnp.where(jnp.eye(n, dtype=bool), 0.0, s)
-  return s
+    rows = jax.lax.broadcasted_iota(jnp.int32, (n, n), 0)
+    cols = jax.lax.broadcasted_iota(jnp.int32, (n, n), 1)
+    keep = keep & (rows != cols)
+  return select(keep, s, 0.0)
+
+
+def _kernel_of_grams(w: jax.Array, g: jax.Array, inv_w: jax.Array,
+                     inv_g: jax.Array, threshold: Any,
+                     include_self: bool) -> jax.Array:
+  """:func:`soft_collision_kernel` from the Gram matrices of the columns.
+
+  ``cos(w_i, w_j) cos(g_i, g_j)
+  = (w_i . w_j) (g_i . g_j) / (|w_i| |w_j| |g_i| |g_j|)``.
+  ``inv_w``, ``inv_g`` (..., N) are ``1 / |w_i|``, ``1 / |g_i|``, 0 for a
+  particle that takes no part; its products are then 0, or NaN where its
+  column holds a non-finite value, and both are zeroed by
+  :func:`_mask_kernel`. The products of particles that take part are
+  finite: ``|x_i . x_j| <= |x_i| |x_j|``. Where N <= D the products are
+  taken of the columns as they are and divided by the norms in the (N, N)
+  pass that masks the kernel anyway, so no unit-length copy of ``w`` or
+  ``g`` is written; where N > D that pass is the larger one, and the
+  columns are scaled first.
+  """
+  gram = lambda x: jnp.einsum('...dn,...dm->...nm', x, x)
+  d, n = g.shape[-2:]
+  if n > d:
+    s = gram(w * inv_w[..., None, :]) * gram(g * inv_g[..., None, :])
+  else:
+    inv = inv_w * inv_g
+    s = (gram(w) * gram(g)) * (inv[..., :, None] * inv[..., None, :])
+  return _mask_kernel(s, threshold, include_self)
 
 
 def soft_collision(
@@ -222,36 +257,48 @@ def soft_collision(
   # cosine with anyone: they neither push nor are pushed, and their push
   # is exactly 0), so they come out untouched. So does a neuron whose
   # weights' squares overflow (entries above ~1.8e19 in float32).
+  # The cosines come from the Gram matrices and the squared norms: one
+  # (D, N) pass (g / scale, zeroed where a particle takes no part), two
+  # products and one (N, N) pass; few operations per leaf (compile time on
+  # trees of many leaves).
   scale = _finite_scale(g, (-2, -1))                    # (..., 1, 1)
   g_s = g / scale
-  w_sq = jnp.sum(jnp.square(w), axis=-2, keepdims=True)
-  g_sq = jnp.sum(jnp.square(g_s), axis=-2, keepdims=True)
-  ok = jnp.isfinite(w_sq) & jnp.isfinite(g_sq)          # (..., 1, N)
-  unit = lambda x, sq: jnp.where(
-      ok, x / jnp.where(sq > 0, jnp.sqrt(sq), 1.0), 0.0)
-  g_norms = jnp.where(ok, jnp.sqrt(g_sq), 0.0)
-  g_s = jnp.where(ok, g_s, 0.0)
-  s = _kernel(unit(w, w_sq), unit(g_s, g_sq), threshold, include_self)
+  # Per-particle quantities are (..., N) rows, broadcast where they meet the
+  # (D, N) columns: fewer reshapes than keepdims (compile time).
+  w_sq = jnp.sum(jnp.square(w), axis=-2)
+  g_sq = jnp.sum(jnp.square(g_s), axis=-2)
+  ok = jnp.isfinite(w_sq) & jnp.isfinite(g_sq)          # (..., N)
+  # 1 / |w_i| and 1 / |g_i|, 0 for a particle that takes no part
+  # (rsqrt(inf) = 0). The rsqrt comes last so that XLA computes it once per
+  # particle instead of fusing it into each (N, N) or (D, N) consumer.
+  takes_part = ok & (w_sq > 0) & (g_sq > 0)
+  inv = lambda sq: jax.lax.rsqrt(select(takes_part, sq, jnp.inf))
+  g_s = select(ok[..., None, :], g_s, 0.0)
+  s = _kernel_of_grams(w, g_s, inv(w_sq), inv(g_sq), threshold, include_self)
   repulsion = jnp.einsum('...dm,...mn->...dn', g_s, s)
+  # Each normalisation is a factor per particle (or per system), so that
+  # the (D, N) tail is one multiply-subtract: g - (rate * factor) * repulsion.
+  factor: Any
   if normalization == 'mean':
     partners = jnp.sum(ok, axis=-1, keepdims=True) - (0 if include_self
                                                        else 1)
-    push = rate * (repulsion / jnp.maximum(partners, 1).astype(g.dtype))
+    factor = (1.0 / jnp.maximum(partners, 1).astype(g.dtype))[..., None]
   elif normalization == 'norm':
-    # repulsion_i * |g_i| / |repulsion_i|, with the per-particle factor
-    # computed apart: the (D, N) tail stays one multiply-subtract.
-    r_norms = jnp.sqrt(jnp.sum(jnp.square(repulsion), axis=-2, keepdims=True))
-    factor = g_norms / jnp.where(r_norms > 0, r_norms, 1.0)
-    push = (rate * factor) * repulsion
+    # |g_i| / |repulsion_i|: each repulsion rescaled to its particle's speed.
+    # The square root comes last: XLA computes an expensive operation once
+    # instead of fusing it into each of the base optimizer's kernels.
+    r_sq = jnp.sum(jnp.square(repulsion), axis=-2)
+    factor = jnp.sqrt(select(ok & (r_sq > 0), g_sq / r_sq, 0.0))[..., None, :]
   elif normalization == 'similarity':
     # The kernel's total weight per particle, floored at 1: the plain sum
     # for weakly similar particles, a weighted mean for condensed ones.
-    total = jnp.sum(jnp.abs(s), axis=-2, keepdims=True)
-    push = (rate / jnp.maximum(total, 1.0)) * repulsion
+    factor = 1.0 / jnp.maximum(jnp.sum(jnp.abs(s), axis=-2, keepdims=True),
+                               1.0)
   else:
-    push = rate * repulsion
-  new = g - push * scale
-  return jnp.where(jnp.isfinite(new), new, g)
+    factor = 1.0
+  # scale is a power of 2: multiplying by it is exact.
+  new = g - ((rate * factor) * scale) * repulsion
+  return select(jnp.isfinite(new), new, g)
 
 
 def collision_probability(
