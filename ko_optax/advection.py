@@ -188,7 +188,7 @@ def kinetic_advection(
     >>> params = {'w': jax.random.normal(jax.random.key(0), (4, 6))}
     >>> tx = ko_optax.kinetic_advection(
     ...     'sgd', collision=ko_optax.stochastic_collision(0.5, mode='hard'))
-    >>> v, state = tx.update(params, tx.init(params), params)
+    >>> v, state = jax.jit(tx.update)(params, tx.init(params), params)
     >>> # hard collisions conserve the layer's total momentum
     >>> bool(jnp.allclose(v['w'].sum(-1), params['w'].sum(-1), atol=1e-5))
     True

@@ -1077,7 +1077,7 @@ def stochastic_collision(
     >>> grads = jax.tree.map(jnp.ones_like, params)
     >>> tx = ko_optax.stochastic_collision(0.1)
     >>> state = tx.init(params)
-    >>> new_grads, state = tx.update(grads, state, params)
+    >>> new_grads, state = jax.jit(tx.update)(grads, state, params)
     >>> new_grads['w'].shape, bool(jnp.all(new_grads['b'] == 1.0))
     ((3, 4), True)
 

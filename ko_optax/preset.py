@@ -140,10 +140,10 @@ def ko(
     >>> params = {'w': jax.random.normal(jax.random.key(0), (8, 16))}
     >>> loss = lambda p: jnp.sum((jnp.ones(8) @ p['w'] - 1.0) ** 2)
     >>> tx = ko_optax.ko(1e-2, collision_rate=0.1)
-    >>> state = tx.init(params)
+    >>> state, update = tx.init(params), jax.jit(tx.update)
     >>> for _ in range(3):
     ...   grads = jax.grad(loss)(params)
-    ...   updates, state = tx.update(grads, state, params)
+    ...   updates, state = update(grads, state, params)
     ...   params = optax.apply_updates(params, updates)
     >>> params['w'].shape
     (8, 16)

@@ -189,7 +189,7 @@ def ko_gpt(
     >>> tx = ko_optax.ko_gpt(1e-3)
     >>> state = tx.init(params)
     >>> grads = jax.tree.map(jnp.ones_like, params)
-    >>> updates, state = tx.update(grads, state, params)
+    >>> updates, state = jax.jit(tx.update)(grads, state, params)
     >>> updates['blocks'][1]['up']['kernel'].shape
     (4, 8)
 
