@@ -146,12 +146,15 @@ def soft_collision_kernel(
   return _kernel(w_hat, g_hat, threshold, include_self)
 
 
+def _gram(x: jax.Array) -> jax.Array:
+  """The products of the columns of ``x`` (..., D, N): (..., N, N)."""
+  return jnp.einsum('...dn,...dm->...nm', x, x)
+
+
 def _kernel(w_hat: jax.Array, g_hat: jax.Array, threshold: Any,
             include_self: bool) -> jax.Array:
   """:func:`soft_collision_kernel` of unit columns."""
-  cos_w = jnp.einsum('...dn,...dm->...nm', w_hat, w_hat)
-  cos_g = jnp.einsum('...dn,...dm->...nm', g_hat, g_hat)
-  return _mask_kernel(cos_w * cos_g, threshold, include_self)
+  return _mask_kernel(_gram(w_hat) * _gram(g_hat), threshold, include_self)
 
 
 def _mask_kernel(s: jax.Array, threshold: Any,
@@ -184,13 +187,12 @@ def _kernel_of_grams(w: jax.Array, g: jax.Array, inv_w: jax.Array,
   ``g`` is written; where N > D that pass is the larger one, and the
   columns are scaled first.
   """
-  gram = lambda x: jnp.einsum('...dn,...dm->...nm', x, x)
   d, n = g.shape[-2:]
   if n > d:
-    s = gram(w * inv_w[..., None, :]) * gram(g * inv_g[..., None, :])
-  else:
-    inv = inv_w * inv_g
-    s = (gram(w) * gram(g)) * (inv[..., :, None] * inv[..., None, :])
+    return _kernel(w * inv_w[..., None, :], g * inv_g[..., None, :],
+                   threshold, include_self)
+  inv = inv_w * inv_g
+  s = (_gram(w) * _gram(g)) * (inv[..., :, None] * inv[..., None, :])
   return _mask_kernel(s, threshold, include_self)
 
 
@@ -257,10 +259,9 @@ def soft_collision(
   # cosine with anyone: they neither push nor are pushed, and their push
   # is exactly 0), so they come out untouched. So does a neuron whose
   # weights' squares overflow (entries above ~1.8e19 in float32).
-  # The cosines come from the Gram matrices and the squared norms: one
-  # (D, N) pass (g / scale, zeroed where a particle takes no part), two
-  # products and one (N, N) pass; few operations per leaf (compile time on
-  # trees of many leaves).
+  # The cosines come from the squared norms and the Gram matrices
+  # (_kernel_of_grams): few operations per leaf, which is compile time on
+  # trees of many leaves.
   scale = _finite_scale(g, (-2, -1))                    # (..., 1, 1)
   g_s = g / scale
   # Per-particle quantities are (..., N) rows, broadcast where they meet the
