@@ -87,6 +87,12 @@ def test_merge_joins_runs_of_one_arm(tmp_path):
   assert merged['runs']['adamw']['curves']['val'] == [[2.0, 1.0]]
   assert merged['table']['adamw']['lr'] == 1e-3
   assert merged['arms'] == ['adamw', 'muon']
+  assert merged['merged_from'] == ['0.json', '1.json']
+  # A merged record merged again keeps the names of its own parts.
+  with open(tmp_path / 'merged.json', 'w') as f:
+    json.dump(dict(merged, merged_from=['a.json', 'b.json']), f)
+  again = lm_study.merge([str(tmp_path / 'merged.json'), paths[1]])
+  assert again['merged_from'] == ['a.json', 'b.json', '1.json']
   bad = record([1e-2], ['adamw'], [1.0])
   bad['seeds'] = [0, 1]
   with open(tmp_path / 'bad.json', 'w') as f:

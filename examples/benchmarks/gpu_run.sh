@@ -9,8 +9,8 @@
 #
 #   OUT=/some/dir PYTHONPATH=. bash examples/benchmarks/gpu_run.sh
 #
-# About 7-9 minutes on an H100 for parts 1-3, at most 3 more for part 4
-# (compile times); PARTS=compile (or any comma list of cost, scaling,
+# About 7-9 minutes on an H100 for parts 1-3, 2.5 more for part 4
+# (compile times; up to 5 with the per-leaf checkout beside it); PARTS=compile (or any comma list of cost, scaling,
 # accuracy, compile, lm, lm_gpu) runs only those parts; lm and lm_gpu are
 # not in the default list (about 5 and 4 minutes on an H200).
 # LM_SIZE=quick LM_GPU_SIZE=quick SIZE=tiny make a dry run on any machine. mnist1d / scikit-learn are not
@@ -57,8 +57,12 @@ timeout 150 $PY examples/benchmarks/accuracy_study.py --task $TASK \
 # 128) and the 12-block GPT, list of blocks and scanned, with the current
 # ko_optax and, beside it, the per-leaf one (the commit "Public optax API
 # only", extracted with git archive) when git and that commit are there or
-# BEFORE=/path/to/checkout is given. Each (row, checkout) is capped at
-# $COMPILE_ROW_TIMEOUT s; SIZE=tiny is a dry run on any machine.
+# BEFORE=/path/to/checkout is given (BEFORE=/none: the current one only).
+# Each (row, checkout) is capped at $COMPILE_ROW_TIMEOUT s, all three
+# optimizers together: on an H200 the GPT row takes about 50 s (Adam and
+# KO-soft compile in 11-14 s each), so a cap under 90 s cuts KO-hard off and
+# reads as a slow compile. About 2.5 minutes on an H200 for the current
+# checkout alone; SIZE=tiny is a dry run on any machine.
 part_compile() {
 BEFORE=${BEFORE:-}
 if [ -z "$BEFORE" ] && git rev-parse --git-dir >/dev/null 2>&1; then
@@ -70,9 +74,9 @@ if [ -z "$BEFORE" ] && git rev-parse --git-dir >/dev/null 2>&1; then
 fi
 TREES="after=."
 [ -n "$BEFORE" ] && [ -d "$BEFORE/ko_optax" ] && TREES="before=$BEFORE,after=."
-timeout ${COMPILE_TIMEOUT:-180} $PY examples/benchmarks/compile_benchmark.py \
+timeout ${COMPILE_TIMEOUT:-300} $PY examples/benchmarks/compile_benchmark.py \
   --size ${SIZE:-gpu} --rows ${COMPILE_ROWS:-resnet18,gpt12,gpt12_scan} --trees "$TREES" \
-  --timeout ${COMPILE_ROW_TIMEOUT:-50} --repeats 20 --tag gpu --out "$OUT" \
+  --timeout ${COMPILE_ROW_TIMEOUT:-120} --repeats 20 --tag gpu --out "$OUT" \
   --work-dir "$OUT/compile_rows" 2>&1 | tee "$OUT/compile_gpu.txt"
 }
 

@@ -398,7 +398,9 @@ def merge(paths: list[str]) -> dict[str, Any]:
   runs = {a: runs[a] for a in arms}
   merged = dict(first, runs=runs, arms=arms, step_s=step_s,
                 lrs=sorted({x for r in runs.values() for x in r['lrs']}),
-                merged_from=[os.path.basename(p) for p in paths])
+                merged_from=[name for rec, p in zip(records, paths)
+                             for name in rec.get('merged_from',
+                                                 [os.path.basename(p)])])
   merged['table'] = summarize(runs, first['seeds'])
   return merged
 
