@@ -17,7 +17,7 @@ def pow2_floor(m: jax.Array) -> jax.Array:
   whatever the magnitude of ``x``. Subnormal ``m`` also gives 1.
   """
   info = jnp.finfo(m.dtype)
-  uint = jnp.uint64 if m.dtype.itemsize == 8 else jnp.uint32
+  uint = {2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint64}[m.dtype.itemsize]
   exponent = ((1 << info.nexp) - 1) << info.nmant
   bits = jax.lax.bitcast_convert_type(m, uint) & uint(exponent)
   p = jax.lax.bitcast_convert_type(bits, m.dtype)

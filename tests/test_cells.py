@@ -160,6 +160,26 @@ def test_cell_order_is_a_random_permutation_of_each_block():
   assert not np.array_equal(*zeros)
 
 
+def test_cell_order_ignores_each_particle_s_scale_and_takes_half_floats():
+  # The tree sorts cosines: scaling particles by powers of 2, each its own,
+  # over 2**-100 .. 2**100 changes no position (the projections are taken
+  # of the raw weights and rescaled exactly).
+  w = _random((12, 64), 26)
+  exponents = np.random.default_rng(0).integers(-100, 100, size=64)
+  scaled = w * jnp.asarray(2.0 ** exponents, jnp.float32)
+  order_fn = jax.jit(cells.cell_order, static_argnums=2)
+  np.testing.assert_array_equal(order_fn(scaled, jax.random.key(3), 8),
+                                order_fn(w, jax.random.key(3), 8))
+  # float16 and bfloat16 particles (their power-of-2 scales used to fail):
+  # a permutation, and a finite soft collision in the input's dtype.
+  for dtype in (jnp.float16, jnp.bfloat16):
+    low = (w * 3000).astype(dtype)
+    order = np.asarray(order_fn(low, jax.random.key(3), 8))
+    np.testing.assert_array_equal(np.sort(order), np.arange(64))
+    out = _cells(low, low, jax.random.key(4), _soft, cell_size=8)
+    assert out.dtype == dtype and bool(jnp.isfinite(out).all())
+
+
 def test_cells_group_similar_directions():
   # 8 tight clusters of 16 directions, cells of 16: most in-cell partners
   # are from the particle's own cluster (0.80 here; 0.61 with the former

@@ -97,14 +97,14 @@ def _interleaved(thunks: dict, repeats: int, warmup: int,
     for _ in range(warmup):
       timing.block(fn())
   times, loads = {k: [] for k in thunks}, []
-  for _ in range(repeats):
+  for r in range(repeats):
     deadline = time.time() + 60
     while (load := _others_busy()) > quiet and time.time() < deadline:
       pass
     loads.append(load)
-    for k, fn in thunks.items():
+    for k in timing.rotated(list(thunks), r):
       t0 = time.perf_counter()
-      timing.block(fn())
+      timing.block(thunks[k]())
       times[k].append(time.perf_counter() - t0)
   return {k: statistics.median(v) for k, v in times.items()}, loads
 

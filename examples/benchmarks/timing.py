@@ -38,17 +38,26 @@ def interleaved_medians(fns: dict[str, Callable[[], Any]], repeats: int = 20,
                         warmup: int = 3) -> dict[str, float]:
   """Medians of several thunks timed round-robin, so that load from other
   processes hits all of them alike (ratios are then fairer than with
-  back-to-back blocks)."""
+  back-to-back blocks). Each round starts one thunk further on
+  (:func:`rotated`), so that every thunk runs as often right after each of
+  the others: a thunk that always followed a large one (whose temporaries
+  evict the caches) would otherwise pay for it in every round."""
   for fn in fns.values():
     for _ in range(warmup):
       block(fn())
   times = {k: [] for k in fns}
-  for _ in range(repeats):
-    for k, fn in fns.items():
+  for r in range(repeats):
+    for k in rotated(list(fns), r):
       t0 = time.perf_counter()
-      block(fn())
+      block(fns[k]())
       times[k].append(time.perf_counter() - t0)
   return {k: statistics.median(v) for k, v in times.items()}
+
+
+def rotated(names: list[Any], r: int) -> list[Any]:
+  """``names`` rotated left by ``r``: round ``r``'s order of a round-robin."""
+  r %= max(1, len(names))
+  return names[r:] + names[:r]
 
 
 def machine() -> dict[str, Any]:
