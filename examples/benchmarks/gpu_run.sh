@@ -12,7 +12,7 @@
 # About 7-9 minutes on an H100 for parts 1-3, 2.5 more for part 4
 # (compile times; up to 5 with the per-leaf checkout beside it); PARTS=compile (or any comma list of cost, scaling,
 # accuracy, compile, lm, lm_gpu) runs only those parts; lm and lm_gpu are
-# not in the default list (about 5 and 4 minutes on an H200).
+# not in the default list (about 5 and 6 minutes on an H200).
 # LM_SIZE=quick LM_GPU_SIZE=quick SIZE=tiny make a dry run on any machine. mnist1d / scikit-learn are not
 # needed: the accuracy run uses MNIST-1D if the package is there, a generated
 # task if not.
@@ -95,12 +95,15 @@ timeout ${LM_TIMEOUT:-300} $PY examples/benchmarks/lm_study.py \
 }
 
 # 6. The study at its GPU size (12 blocks x 512), short: 2 seeds at one
-# learning rate (not tuned), four arms, step times.
+# learning rate (not tuned), four arms, step times. Each arm takes about a
+# minute or more on an H200 (compile, 600 steps of 2 vmapped runs, the
+# evaluations): give this part a call of its own, about 6 minutes (in
+# 2026-11-28's session 100 s finished no arm).
 part_lm_gpu() {
-timeout ${LM_GPU_TIMEOUT:-150} $PY examples/benchmarks/lm_study.py \
+timeout ${LM_GPU_TIMEOUT:-400} $PY examples/benchmarks/lm_study.py \
   --size ${LM_GPU_SIZE:-gpu} --seeds 2 --lrs ${LM_GPU_LRS:-1e-3} \
   --arms ${LM_GPU_ARMS:-adamw,ko_gpt,ko_soft_norm,ko_hard} --step-repeats 10 --tag ${LM_GPU_TAG:-gpu_size} \
-  --max-minutes ${LM_GPU_MINUTES:-1.7} --out "$OUT" 2>&1 \
+  --max-minutes ${LM_GPU_MINUTES:-5} --out "$OUT" 2>&1 \
   | tee "$OUT/lm_gpu_size.txt"
 }
 # The parts run in the order PARTS names them.
