@@ -28,14 +28,18 @@ os.environ.setdefault('MPLBACKEND', 'Agg')
 _LONGEST_FIRST = (
     'tests/test_lm_study.py::test_quick_study_runs_and_records',
     'tests/test_gpt.py::test_gpt_scanned_quick',
+    'tests/test_examples.py::test_compare_quick',
+    'tests/test_examples.py::test_text_quick_and_missing',
     'tests/test_gpt.py::test_scanned_equals_unscanned_for_the_same_weights',
     'tests/test_sharded_example.py::test_sharded_example_quick',
-    'tests/test_examples.py::test_compare_quick',
+    'tests/test_examples.py::test_linen_multi_transform_equals_mask',
     'tests/test_recipes.py::test_ko_gpt_equals_the_explicit_authors_chain',
-    'tests/test_readme.py::test_readme_snippets_run',
-    'tests/test_examples.py::test_text_quick_and_missing',
     'tests/test_examples.py::test_checkpoint_resume_is_identical',
+    'tests/test_examples.py::test_data_parallel_quick',
+    'tests/test_examples.py::test_nnx_quick',
+    'tests/test_collision.py::test_soft_property_matches_reference',
     'tests/test_lm_study.py::test_step_only_times_each_arm',
+    'tests/test_examples.py::test_cifar10_quick_and_missing',
 )
 
 

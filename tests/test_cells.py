@@ -176,8 +176,8 @@ def test_cell_order_ignores_each_particle_s_scale_and_takes_half_floats():
     low = (w * 3000).astype(dtype)
     order = np.asarray(order_fn(low, jax.random.key(3), 8))
     np.testing.assert_array_equal(np.sort(order), np.arange(64))
-    out = _cells(low, low, jax.random.key(4), _soft, cell_size=8)
-    assert out.dtype == dtype and bool(jnp.isfinite(out).all())
+  out = _cells(low, low, jax.random.key(4), _soft, cell_size=8)
+  assert out.dtype == jnp.bfloat16 and bool(jnp.isfinite(out).all())
 
 
 def test_cells_group_similar_directions():
