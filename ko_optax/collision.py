@@ -997,6 +997,45 @@ def check_options(threshold: Any, length_scale: Any) -> None:
     raise ValueError(f'length_scale must be > 0, got {length_scale!r}.')
 
 
+def _collide_tree(
+    step_key: jax.Array, w_leaves: list[jax.Array],
+    g_leaves: list[jax.Array], rate: Any, poison: Any, count: Any,
+    threshold: Any, length_scale: Any, *,
+    specs: tuple[particles_lib.ParticleSpec, ...],
+    groups: tuple[CollisionGroup, ...], mode: str, include_self: bool,
+    normalization: str | None, cell_size: int | None, cell_groups: int,
+) -> list[jax.Array]:
+  """One collision step of the colliding leaves: the step's random numbers
+  (:func:`group_randomness`) and every group's collision
+  (:func:`collide_groups`)."""
+  randomness = group_randomness(step_key, list(groups), mode=mode,
+                                cell_size=cell_size, cell_groups=cell_groups)
+  return collide_groups(
+      w_leaves, g_leaves, list(specs), list(groups), randomness, rate, poison,
+      one=leaf_cuts.run_time_one(count), mode=mode, threshold=threshold,
+      include_self=include_self, normalization=normalization,
+      length_scale=length_scale, cell_size=cell_size,
+      cell_groups=cell_groups)
+
+
+# Un-jitted, ``tx.update`` would run the collision operation by operation,
+# and each of its hundreds of operations compiles on first use: seconds for
+# a small tree, and tens of milliseconds per later call. Called outside any
+# trace it therefore runs this compiled twin (one compile per tree layout
+# and setting, cached by jax); under the caller's jit, vmap or grad the
+# plain function is traced into the caller's program, unchanged.
+_collide_tree_jit = jax.jit(
+    _collide_tree,
+    static_argnames=('specs', 'groups', 'mode', 'include_self',
+                     'normalization', 'cell_size', 'cell_groups'))
+
+
+def _is_traced(*trees: Any) -> bool:
+  """Whether any leaf of ``trees`` is a tracer (a jit, vmap or grad)."""
+  return any(isinstance(x, jax.core.Tracer)
+             for x in jax.tree.leaves(trees))
+
+
 def stochastic_collision(
     collision_rate: optax.ScalarOrSchedule,
     *,
@@ -1134,17 +1173,18 @@ def stochastic_collision(
         [leaves[i] for i in active], active_specs, cell_size, cell_groups,
         paths, stack=(_small_soft_system if _soft_on_cpu(mode, cell_size)
                       else True))
-    randomness = group_randomness(step_key, groups, mode=mode,
-                                  cell_size=cell_size,
-                                  cell_groups=cell_groups)
+    w_active = [param_leaves[i] for i in active]
+    g_active = [leaves[i] for i in active]
+    eager = not _is_traced(w_active, g_active, state, rate, threshold,
+                           length_scale)
 
     def collide_all(rate: Any, poison: Any = False) -> list[jax.Array]:
-      return collide_groups(
-          [param_leaves[i] for i in active], [leaves[i] for i in active],
-          active_specs, groups, randomness, rate, poison,
-          one=leaf_cuts.run_time_one(state.count), mode=mode,
-          threshold=threshold, include_self=include_self,
-          normalization=normalization, length_scale=length_scale,
+      collide = _collide_tree_jit if eager else _collide_tree
+      return collide(
+          step_key, w_active, g_active, rate,
+          jnp.asarray(poison) if eager else poison, state.count, threshold,
+          length_scale, specs=tuple(active_specs), groups=tuple(groups),
+          mode=mode, include_self=include_self, normalization=normalization,
           cell_size=cell_size, cell_groups=cell_groups)
 
     # A rate that is NaN, infinite or negative at run time makes the

@@ -94,6 +94,13 @@ def _noisy(leaves: list[jax.Array], key: jax.Array,
   return [kick(g, d, xi) for g, d, xi in zip(leaves, dtypes, noise)]
 
 
+# Called outside any trace, an update draws its noise with this compiled
+# twin of _noisy (one compile per tree layout, cached by jax) instead of
+# operation by operation; under the caller's jit, vmap or grad _noisy is
+# traced into the caller's program, unchanged.
+_noisy_jit = jax.jit(_noisy)
+
+
 def thermal_diffusion(
     temperature: optax.ScalarOrSchedule,
     *,
@@ -165,8 +172,13 @@ def thermal_diffusion(
     for i in active:
       _check_inexact(leaves[i], jax.tree_util.keystr(leaves_with_path[i][0]))
 
+    active_leaves = [leaves[i] for i in active]
+    traced = any(isinstance(x, jax.core.Tracer)
+                 for x in jax.tree.leaves((active_leaves, state, scale)))
+
     def diffuse(scale: jax.Array) -> list[jax.Array]:
-      return _noisy([leaves[i] for i in active], step_key, scale)
+      return (_noisy if traced else _noisy_jit)(active_leaves, step_key,
+                                                scale)
 
     if concrete:
       noisy = (diffuse(scale) if np.any(np.asarray(raw) != 0)
