@@ -70,12 +70,16 @@ SIZES = {
         'resnet18': ('resnet18', 64, 128, (2, 2, 2, 2)),
         'gpt12': ('gpt', 12, 128, False, 32, 64),
         'gpt12_scan': ('gpt', 12, 128, True, 32, 64),
+        'gpt48': ('gpt', 48, 128, False, 32, 64),
+        'gpt48_scan': ('gpt', 48, 128, True, 32, 64),
         'opt500x8': ('opt', 500, 8, 8),
     },
     'tiny': {
         'resnet18': ('resnet18', 4, 2, (1, 1)),
         'gpt12': ('gpt', 2, 32, False, 2, 16),
         'gpt12_scan': ('gpt', 2, 32, True, 2, 16),
+        'gpt48': ('gpt', 3, 32, False, 2, 16),
+        'gpt48_scan': ('gpt', 3, 32, True, 2, 16),
         'opt500x8': ('opt', 12, 8, 8),
     },
 }

@@ -62,7 +62,9 @@ timeout 150 $PY examples/benchmarks/accuracy_study.py --task $TASK \
 # optimizers together: on an H200 the GPT row takes about 50 s (Adam and
 # KO-soft compile in 11-14 s each), so a cap under 90 s cuts KO-hard off and
 # reads as a slow compile. About 2.5 minutes on an H200 for the current
-# checkout alone; SIZE=tiny is a dry run on any machine.
+# checkout alone; COMPILE_ROWS=gpt48,gpt48_scan adds the 48-block GPT (the
+# depth ratio on a GPU; not run yet, budget about 3 minutes more and
+# COMPILE_ROW_TIMEOUT=200); SIZE=tiny is a dry run on any machine.
 part_compile() {
 BEFORE=${BEFORE:-}
 if [ -z "$BEFORE" ] && git rev-parse --git-dir >/dev/null 2>&1; then
