@@ -8,6 +8,8 @@ import json
 import os
 import sys
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -127,3 +129,28 @@ def test_step_only_times_each_arm(tmp_path):
   assert out['step_s']['adamw'] > 0
   with open(tmp_path / 'lm_steps_quick.json') as f:
     assert json.load(f)['step_s'] == out['step_s']
+
+
+def test_every_arm_builds_and_ko_on_muon_collides_before_muon():
+  # A stand-in for the GPT's tree: two blocks' kernels, an embedding.
+  rng = np.random.default_rng(0)
+  leaf = lambda *shape: jnp.asarray(rng.normal(size=shape), jnp.float32)
+  params = {'blocks': {str(b): {k: {'kernel': leaf(16, 64)}
+                                for k in lm_study.KERNELS} for b in range(2)},
+            'embed': {'embedding': leaf(16, 8)}}
+  grads = jax.tree.map(lambda p: 0.1 * p + 0.01, params)
+  updates = {}
+  for arm in lm_study.ARMS:
+    tx = lm_study.make_tx(arm, jax.random.key(0))
+    u, _ = jax.jit(tx.update)(grads, tx.init(params), params)
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(u)), arm
+    updates[arm] = u
+  # KO on Muon: Muon of the collided gradient, so it differs from Muon's
+  # update on the blocks' kernels (12 x 32 pairs: some collide at rate 0.1)
+  # and equals it where nothing collides (the embedding table: no
+  # particles by default).
+  assert not all(np.array_equal(a, b) for a, b in zip(
+      jax.tree.leaves(updates['ko_hard_muon']['blocks']),
+      jax.tree.leaves(updates['muon']['blocks'])))
+  np.testing.assert_array_equal(updates['ko_hard_muon']['embed']['embedding'],
+                                updates['muon']['embed']['embedding'])

@@ -86,7 +86,8 @@ timeout ${COMPILE_TIMEOUT:-300} $PY examples/benchmarks/compile_benchmark.py \
 # arm, 5 seeds, the learning-rate grid (examples/benchmarks/lm_study.py).
 # LM_ARMS / LM_LRS pick arms and rates, e.g. the arm the first H200 run
 # missed: LM_ARMS=muon LM_TAG=h200_muon PARTS=lm (about 60 s per 20 runs on
-# an H200); then merge with the records in results/lm (lm_study.py --merge),
+# an H200), or KO on top of Muon: LM_ARMS=ko_hard_muon LM_TAG=h200_ko_muon;
+# then merge with the records in results/lm (lm_study.py --merge),
 # after checking that the corpus is the same (Python 3.12: 198 train files,
 # 3118546 bytes).
 part_lm() {

@@ -15,7 +15,10 @@ Arms, each on the same AdamW footing (global-norm clip 1.0, betas 0.9 /
 * ``ko_soft_similarity``: soft collision, ``normalization='similarity'``;
 * ``muon``: ``optax.contrib.muon`` on the blocks' kernels (Adam at a tenth
   of the learning rate on embeddings and head), the peer that also fights
-  condensation.
+  condensation;
+* ``ko_hard_muon``: KO's collision step as ``ko()`` takes it (hard, rate
+  0.1, the default layers) on the gradient, then Muon as above: KO with
+  Muon as its advection step.
 
 Every arm runs every learning rate of one grid with the same seeds (same
 initialisation and batches per seed across arms); the learning rate of an arm
@@ -58,7 +61,7 @@ import ko_optax
 
 KERNELS = ('q', 'k', 'v', 'o', 'up', 'down')
 ARMS = ('adamw', 'ko_gpt', 'ko_soft_norm', 'ko_hard', 'muon',
-        'ko_soft_similarity')
+        'ko_soft_similarity', 'ko_hard_muon')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,12 +124,16 @@ def make_tx(arm: str, key: jax.Array) -> optax.GradientTransformation:
     return optax.chain(clip, ko_optax.ko(
         1.0, collision='soft', key=key, normalization='similarity',
         **adamw_args))
+  muon = lambda: optax.contrib.muon(
+      1.0, adam_learning_rate=0.1, beta=0.95, weight_decay=0.1,
+      weight_decay_mask=_matrices, adam_b1=0.9, adam_b2=0.95,
+      adam_weight_decay=0.1, muon_weight_dimension_numbers=_block_kernels)
   if arm == 'muon':
-    return optax.chain(clip, optax.contrib.muon(
-        1.0, adam_learning_rate=0.1, beta=0.95, weight_decay=0.1,
-        weight_decay_mask=_matrices, adam_b1=0.9, adam_b2=0.95,
-        adam_weight_decay=0.1,
-        muon_weight_dimension_numbers=_block_kernels))
+    return optax.chain(clip, muon())
+  if arm == 'ko_hard_muon':
+    return optax.chain(
+        clip, ko_optax.stochastic_collision(0.1, mode='hard', key=key),
+        muon())
   raise ValueError(f'unknown arm {arm!r}; choose from {", ".join(ARMS)}')
 
 
