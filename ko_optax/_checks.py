@@ -30,6 +30,12 @@ def is_concrete(value: Any) -> bool:
   return isinstance(value, (int, float, np.ndarray, np.number, jax.Array))
 
 
+def is_traced(*trees: Any) -> bool:
+  """Whether any leaf of ``trees`` is a tracer: the caller runs under a
+  ``jit``, ``vmap`` or ``grad`` rather than eagerly."""
+  return any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(trees))
+
+
 def is_static_number(value: Any) -> bool:
   """True for Python and NumPy numbers: values fixed at construction.
 

@@ -1030,12 +1030,6 @@ _collide_tree_jit = jax.jit(
                      'normalization', 'cell_size', 'cell_groups'))
 
 
-def _is_traced(*trees: Any) -> bool:
-  """Whether any leaf of ``trees`` is a tracer (a jit, vmap or grad)."""
-  return any(isinstance(x, jax.core.Tracer)
-             for x in jax.tree.leaves(trees))
-
-
 def stochastic_collision(
     collision_rate: optax.ScalarOrSchedule,
     *,
@@ -1166,17 +1160,16 @@ def stochastic_collision(
     active = [i for i, s in enumerate(specs) if s is not None]
     active_specs = [s for s in specs if s is not None]
     paths = [jax.tree_util.keystr(leaves_with_path[i][0]) for i in active]
-    if mode == 'soft':
-      _warn_memory([leaves[i] for i in active], active_specs, paths,
-                   cell_size, cell_groups)
-    groups = plan_groups(
-        [leaves[i] for i in active], active_specs, cell_size, cell_groups,
-        paths, stack=(_small_soft_system if _soft_on_cpu(mode, cell_size)
-                      else True))
     w_active = [param_leaves[i] for i in active]
     g_active = [leaves[i] for i in active]
-    eager = not _is_traced(w_active, g_active, state, rate, threshold,
-                           length_scale)
+    if mode == 'soft':
+      _warn_memory(g_active, active_specs, paths, cell_size, cell_groups)
+    groups = plan_groups(
+        g_active, active_specs, cell_size, cell_groups, paths,
+        stack=(_small_soft_system if _soft_on_cpu(mode, cell_size)
+               else True))
+    eager = not _checks.is_traced(w_active, g_active, state, rate, threshold,
+                                  length_scale)
 
     def collide_all(rate: Any, poison: Any = False) -> list[jax.Array]:
       collide = _collide_tree_jit if eager else _collide_tree
@@ -1194,14 +1187,14 @@ def stochastic_collision(
       if np.any(np.asarray(rate) != 0):
         collided = collide_all(rate, _checks.bad_rate(np.asarray(rate)))
       else:
-        collided = [leaves[i] for i in active]
+        collided = g_active
     else:
       # A traced rate (a schedule, inject_hyperparams) may be 0: skip the
       # work then, and return the gradients untouched, bit for bit.
       collided = jax.lax.cond(
           jnp.asarray(rate) != 0,
           lambda rate: collide_all(rate, _checks.bad_rate(rate)),
-          lambda rate: [leaves[i] for i in active], rate)
+          lambda rate: g_active, rate)
     new_leaves = list(leaves)
     for i, new in zip(active, collided):
       new_leaves[i] = new

@@ -173,8 +173,7 @@ def thermal_diffusion(
       _check_inexact(leaves[i], jax.tree_util.keystr(leaves_with_path[i][0]))
 
     active_leaves = [leaves[i] for i in active]
-    traced = any(isinstance(x, jax.core.Tracer)
-                 for x in jax.tree.leaves((active_leaves, state, scale)))
+    traced = _checks.is_traced(active_leaves, state, scale)
 
     def diffuse(scale: jax.Array) -> list[jax.Array]:
       return (_noisy if traced else _noisy_jit)(active_leaves, step_key,

@@ -43,7 +43,6 @@ import argparse
 import importlib.util
 import os
 import pathlib
-import statistics
 import sys
 import time
 
@@ -93,20 +92,17 @@ def _interleaved(thunks: dict, repeats: int, warmup: int,
   """
   if quiet is None:
     return timing.interleaved_medians(thunks, repeats, warmup), []
-  for fn in thunks.values():
-    for _ in range(warmup):
-      timing.block(fn())
-  times, loads = {k: [] for k in thunks}, []
-  for r in range(repeats):
+  loads: list[float] = []
+
+  def wait_for_quiet():
     deadline = time.time() + 60
     while (load := _others_busy()) > quiet and time.time() < deadline:
       pass
     loads.append(load)
-    for k in timing.rotated(list(thunks), r):
-      t0 = time.perf_counter()
-      timing.block(thunks[k]())
-      times[k].append(time.perf_counter() - t0)
-  return {k: statistics.median(v) for k, v in times.items()}, loads
+
+  times = timing.interleaved_medians(thunks, repeats, warmup,
+                                     before_round=wait_for_quiet)
+  return times, loads
 
 
 def bench_speed(n: int, d: int, cell_sizes: list[int], repeats: int,

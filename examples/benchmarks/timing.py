@@ -35,18 +35,24 @@ def median_time(fn: Callable[..., Any], *args: Any, repeats: int = 20,
 
 
 def interleaved_medians(fns: dict[str, Callable[[], Any]], repeats: int = 20,
-                        warmup: int = 3) -> dict[str, float]:
+                        warmup: int = 3,
+                        before_round: Callable[[], Any] | None = None,
+                        ) -> dict[str, float]:
   """Medians of several thunks timed round-robin, so that load from other
   processes hits all of them alike (ratios are then fairer than with
   back-to-back blocks). Each round starts one thunk further on
   (:func:`rotated`), so that every thunk runs as often right after each of
   the others: a thunk that always followed a large one (whose temporaries
-  evict the caches) would otherwise pay for it in every round."""
+  evict the caches) would otherwise pay for it in every round.
+  ``before_round``, if given, is called before every round (e.g. to wait
+  for an idle machine)."""
   for fn in fns.values():
     for _ in range(warmup):
       block(fn())
   times = {k: [] for k in fns}
   for r in range(repeats):
+    if before_round is not None:
+      before_round()
     for k in rotated(list(fns), r):
       t0 = time.perf_counter()
       block(fns[k]())
