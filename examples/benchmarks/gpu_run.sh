@@ -64,7 +64,10 @@ timeout 150 $PY examples/benchmarks/accuracy_study.py --task $TASK \
 # reads as a slow compile. About 2.5 minutes on an H200 for the current
 # checkout alone; COMPILE_ROWS=gpt48,gpt48_scan adds the 48-block GPT (the
 # depth ratio on a GPU; not run yet, budget about 3 minutes more and
-# COMPILE_ROW_TIMEOUT=200); SIZE=tiny is a dry run on any machine.
+# COMPILE_ROW_TIMEOUT=200); COMPILE_ROUNDS=3 compiles every optimizer three
+# times (medians, ratios round by round; triple the time); the run ends with
+# the targets and a verdict each; SIZE=tiny is a dry run on any
+# machine.
 part_compile() {
 BEFORE=${BEFORE:-}
 if [ -z "$BEFORE" ] && git rev-parse --git-dir >/dev/null 2>&1; then
@@ -79,6 +82,7 @@ TREES="after=."
 timeout ${COMPILE_TIMEOUT:-300} $PY examples/benchmarks/compile_benchmark.py \
   --size ${SIZE:-gpu} --rows ${COMPILE_ROWS:-resnet18,gpt12,gpt12_scan} --trees "$TREES" \
   --timeout ${COMPILE_ROW_TIMEOUT:-120} --repeats 20 --tag gpu --out "$OUT" \
+  --compile-rounds ${COMPILE_ROUNDS:-1} \
   --work-dir "$OUT/compile_rows" 2>&1 | tee "$OUT/compile_gpu.txt"
 }
 
