@@ -62,6 +62,9 @@ def test_soft_other_particle_axis_matches_reference():
   np.testing.assert_allclose(out, want, rtol=2e-5, atol=2e-6)
 
 
+_jit_soft = jax.jit(collision.soft_collision)
+
+
 @hypothesis.settings(max_examples=15, deadline=None)
 @hypothesis.given(
     d=st.integers(1, 6), n=st.integers(1, 7),
@@ -72,7 +75,8 @@ def test_soft_property_matches_reference(d, n, rate, seed, zero_rows):
   if zero_rows:
     w[:, 0] = 0.0
     g[:, -1] = 0.0
-  out = collision.soft_collision(jnp.asarray(w), jnp.asarray(g), rate)
+  # Jitted (rate traced): one compile per shape, not one per operation.
+  out = _jit_soft(jnp.asarray(w), jnp.asarray(g), rate)
   want = reference.soft_collision(w.T, g.T, rate, axis=0).T
   assert np.all(np.isfinite(out))
   np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-5)
