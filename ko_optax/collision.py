@@ -43,8 +43,8 @@ References:
 
 from __future__ import annotations
 
-from typing import Any, Callable, cast, NamedTuple
 import math
+from typing import Any, Callable, cast, NamedTuple
 import warnings
 
 import chex
