@@ -353,7 +353,7 @@ def random_words(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
   blocks of 16 words, cut to ``shape``: on XLA:CPU a threefry draw whose
   number of counter pairs is odd runs 4-8x slower than one a word longer
   (608538 words 8.6 ms, 608540 words 1.3 ms on a 2-core CPU; a 512-wide
-  MLP's KO-hard optimizer step 19.0 -> 12.0 ms)."""
+  MLP's KO-hard optimizer step 19.0 -> 11.9 ms)."""
   size = math.prod(shape)
   padded = -(-size // 16) * 16
   with keys_lib.draw_layout():

@@ -35,12 +35,13 @@ def _verdicts(results, size):
 
 
 def test_compile_ratio_is_the_median_of_round_by_round_ratios():
-  # Adam's compile drifts 2 -> 4 s between rounds; KO tracks it at 1.4x.
-  # The ratio of the medians would say 1.4 * 3 / 3 too, but with a round
-  # missing from one side it would not: round by round is what is read.
-  res = _row(adam=[2.0, 4.0, 3.0], hard=[2.8, 5.6, 4.2], soft=[2.0, 8.0, 3.0])
+  # Adam's compile drifts 2 -> 4 s between rounds; KO-hard tracks it at
+  # 1.4x in every round.
+  res = _row(adam=[2.0, 4.0, 3.0], hard=[2.8, 5.6, 4.2], soft=[4.0, 4.0, 3.0])
   med, lo, hi = cb.compile_ratio(res, 'ko_hard')
   assert (med, lo, hi) == pytest.approx((1.4, 1.4, 1.4))
+  # KO-soft's ratios round by round are 2, 1, 1: their median is 1.0, where
+  # the ratio of the median compiles would read 4 / 3.
   med, lo, hi = cb.compile_ratio(res, 'ko_soft')
   assert (med, lo, hi) == pytest.approx((1.0, 1.0, 2.0))
   assert cb.fmt_compile_ratio(res, 'ko_soft') == 'x1.00 (1.00-2.00)'
