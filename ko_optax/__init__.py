@@ -30,7 +30,7 @@ from ko_optax.preset import ko
 from ko_optax.recipes import ko_gpt
 from ko_optax.recipes import last_block_mask
 
-__version__ = '0.1.0'
+__version__ = '0.2.0'
 
 __all__ = (
     'CollidedAdvectionState',
