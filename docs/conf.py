@@ -6,8 +6,9 @@ Build (warnings are errors, as in CI):
     sphinx-build -W -b html docs docs/_build/html
 
 The API reference (api.rst) is generated from ``ko_optax.__all__``: every
-public name lands in the section of the module it is imported from in
-``ko_optax/__init__.py`` (``API_GROUPS`` below). A name from a module that no
+public name lands in the section of the module (or of the package holding
+the module) it is imported from in ``ko_optax/__init__.py`` (``API_GROUPS``
+below). A name from a module that no
 section claims stops the build with its name, so a name added to ``__all__``
 can never be missing from the reference page. ``api_groups()`` reads
 ``__init__.py`` without importing JAX, so tests/test_api_reference.py checks
@@ -70,6 +71,21 @@ def public_names(init: pathlib.Path = INIT):
   return names, origin
 
 
+def _section(module: str, section_of: dict[str, str]) -> str | None:
+  """The section of ``module`` or of the nearest package that holds it.
+
+  A package's section claims its submodules too (``ko_optax.collision``
+  claims ``ko_optax.collision.soft``), so that ``__init__.py`` may import a
+  public name from where it is defined.
+  """
+  parts = module.split('.')
+  for i in range(len(parts), 0, -1):
+    key = section_of.get('.'.join(parts[:i]))
+    if key is not None:
+      return key
+  return None
+
+
 def api_groups(init: pathlib.Path = INIT) -> dict[str, list[str]]:
   """Section key -> the names of ``ko_optax.__all__`` it lists, in order.
 
@@ -81,7 +97,7 @@ def api_groups(init: pathlib.Path = INIT) -> dict[str, list[str]]:
   groups = {key: [] for key, _, _ in API_GROUPS}
   missing = []
   for name in names:
-    key = section_of.get(origin.get(name, ''))
+    key = _section(origin.get(name, ''), section_of)
     if key is None:
       missing.append(f'{name} (from {origin.get(name, "?")})')
     else:
