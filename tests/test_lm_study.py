@@ -1,4 +1,4 @@
-"""The language-model study (examples/benchmarks/lm_study.py) and its data.
+"""The language-model study (examples/benchmarks/lm/lm_study.py) and its data.
 
 The quick mode trains two arms for 24 steps on the standard library's bytes:
 a check that every part of the study runs, not a result.
@@ -16,7 +16,7 @@ import pytest
 from ko_examples import gpt
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..', 'examples',
-                                'benchmarks'))
+                                'benchmarks', 'lm'))
 import lm_study  # noqa: E402  pylint: disable=g-import-not-at-top
 
 

@@ -1,4 +1,4 @@
-"""Small timing helpers shared by the cost benchmarks.
+"""Small timing helpers shared by the benchmarks (examples/benchmarks).
 
 Timings on a shared machine are noisy: every number is the median over
 ``repeats`` calls after ``warmup`` calls (the first of which compiles).

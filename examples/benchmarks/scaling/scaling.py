@@ -19,10 +19,10 @@ plotted to docs/scaling_collision.png and docs/scaling_train_step.png:
    the hyperplane-hash cells against cells drawn at random: cosine and norm
    ratio between the cells' and the exact repulsion ``g - g_new``.
 
-Usage::
+Usage (from the repository root, ko_optax importable)::
 
-  python examples/benchmarks/scaling.py            # the full set (~10 min)
-  python examples/benchmarks/scaling.py --quick    # tiny sizes, seconds
+  python examples/benchmarks/scaling/scaling.py          # the full set
+  python examples/benchmarks/scaling/scaling.py --quick  # tiny sizes, seconds
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ import ko_optax
 from ko_optax import cells as cells_lib
 from ko_optax import collision as collision_lib
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
+ROOT = pathlib.Path(__file__).resolve().parents[3]
 RESULTS = ROOT / 'examples' / 'benchmarks' / 'results'
 DOCS = ROOT / 'docs'
 

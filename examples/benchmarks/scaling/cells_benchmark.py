@@ -27,14 +27,17 @@ written to ``examples/benchmarks/results/cells_<label>.json``:
    ``collide_in_cells`` to both measurements, timed in the same
    interleaved loop.
 
-Usage::
+Usage (from the repository root, ko_optax importable)::
 
-  python examples/benchmarks/cells_benchmark.py              # ~5 min on 2 cores
-  python examples/benchmarks/cells_benchmark.py --quick      # seconds
+  # the full set, about 5 min on 2 cores
+  python examples/benchmarks/scaling/cells_benchmark.py
+  # tiny sizes, seconds
+  python examples/benchmarks/scaling/cells_benchmark.py --quick
   # on a shared machine: every round waits for the others to go quiet
-  python examples/benchmarks/cells_benchmark.py --quiet 0.1
+  python examples/benchmarks/scaling/cells_benchmark.py --quiet 0.1
   git show HEAD~1:ko_optax/cells.py > /tmp/old_cells.py
-  python examples/benchmarks/cells_benchmark.py --baseline /tmp/old_cells.py
+  python examples/benchmarks/scaling/cells_benchmark.py \
+      --baseline /tmp/old_cells.py
 """
 
 from __future__ import annotations
@@ -50,12 +53,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+# The shared helpers (ko_examples) live in examples/, two folders up.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                '..', '..'))
+
+from ko_examples import timing
 import ko_optax
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import timing  # pylint: disable=g-import-not-at-top,wrong-import-position
-
-RESULTS = pathlib.Path(__file__).resolve().parent / 'results'
+RESULTS = pathlib.Path(__file__).resolve().parents[1] / 'results'
 
 
 # -- 1. speed ----------------------------------------------------------------

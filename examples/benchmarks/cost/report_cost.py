@@ -1,7 +1,6 @@
 """Markdown tables from results/cost_<tag>.json and results/scaling_<tag>.json.
 
-  PYTHONPATH=examples/benchmarks python \
-      examples/benchmarks/report_cost.py [--dir DIR]
+  python examples/benchmarks/cost/report_cost.py [--dir DIR]
 """
 
 import argparse
@@ -57,7 +56,8 @@ def scaling_table(path):
 
 def main():
   ap = argparse.ArgumentParser()
-  ap.add_argument('--dir', default=os.path.join(HERE, 'results'))
+  ap.add_argument('--dir', default=os.path.abspath(
+      os.path.join(HERE, '..', 'results')))
   a = ap.parse_args()
   for p in sorted(glob.glob(os.path.join(a.dir, 'cost_*.json'))):
     print('\n'.join(cost_table(p)), '\n')
