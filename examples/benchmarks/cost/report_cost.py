@@ -1,5 +1,8 @@
 """Markdown tables from results/cost_<tag>.json and results/scaling_<tag>.json.
 
+The scaling files are collision_scaling.py's (one leaf, N and D sweeps);
+scaling.py's own files (another layout) are left to ``scaling.py --report``.
+
   python examples/benchmarks/cost/report_cost.py [--dir DIR]
 """
 
@@ -62,6 +65,9 @@ def main():
   for p in sorted(glob.glob(os.path.join(a.dir, 'cost_*.json'))):
     print('\n'.join(cost_table(p)), '\n')
   for p in sorted(glob.glob(os.path.join(a.dir, 'scaling_*.json'))):
+    with open(p) as f:
+      if 'rows' not in json.load(f):
+        continue
     print('\n'.join(scaling_table(p)), '\n')
 
 

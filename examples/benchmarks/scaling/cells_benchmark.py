@@ -199,7 +199,8 @@ def _locality(w, labels, key, cell_size, cells_fn):
   return float(share), float(cos)
 
 
-def _repulsion(w, g, key, cell_size, cells_fn, exact):
+def repulsion(w, g, key, cell_size, cells_fn, exact):
+  """The cells' repulsion ``g - g_new`` (rate 1) against ``exact``'s."""
   soft = lambda w_, g_, k_: ko_optax.soft_collision(w_, g_, 1.0)
   new = cells_fn(w, g, key, soft, cell_size=cell_size)
   rep = np.asarray(g - new, np.float64)
@@ -258,7 +259,7 @@ def bench_fidelity(data_sets: int, keys: int, n: int, d: int,
         key = jax.random.key(k)
         share, cos = _locality(w, labels, key, cell_size, cells_fn)
         acc.append(dict(share=share, cos=cos,
-                        **_repulsion(wj, gj, key, cell_size, cells_fn, exact)))
+                        **repulsion(wj, gj, key, cell_size, cells_fn, exact)))
       row = {'data': kind, 'cells': scheme, 'n': n, 'd': d,
              'cell_size': cell_size}
       row.update({m: float(np.mean([a[m] for a in acc])) for m in acc[0]})

@@ -3,8 +3,10 @@
 One (D, N) parameter leaf in Flax layout; times the optimizer-only step of
 optax.adam, KO-soft and KO-hard (adam base) and the soft collision in
 collision cells, over a sweep of N at fixed D and of D at fixed N (medians,
-round-robin per size). Writes results/scaling_<tag>.json and, with
---plot, docs/bench_scaling.png.
+round-robin per size). Writes results/scaling_<tag>.json (tables:
+cost/report_cost.py) and, with --plot, docs/bench_scaling_<tag>.png.
+scaling.py times the soft collision alone, all pairs against cells, to
+larger N.
 
   PYTHONPATH=. python examples/benchmarks/scaling/collision_scaling.py --plot
 """
