@@ -1,4 +1,4 @@
-"""The compile benchmark's verdicts (examples/benchmarks/compile_benchmark.py).
+"""The compile benchmark's verdicts (benchmarks/cost/compile_benchmark.py).
 
 The benchmark prints issue 9's targets against its rows; these tests feed
 it made-up rows (no compile, no timing) and check the verdicts and the
@@ -12,7 +12,7 @@ import sys
 import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..', 'examples',
-                                'benchmarks'))
+                                'benchmarks', 'cost'))
 import compile_benchmark as cb  # noqa: E402  pylint: disable=g-import-not-at-top
 
 

@@ -21,7 +21,7 @@ cd "$(dirname "$0")/../.."
 OUT=${OUT:-gpu_out}
 mkdir -p "$OUT"
 PY=${PYTHON:-python3}
-export PYTHONPATH=.:examples:examples/benchmarks:${PYTHONPATH:-}
+export PYTHONPATH=.:${PYTHONPATH:-}
 export XLA_PYTHON_CLIENT_PREALLOCATE=false   # so peak memory means something
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv \
   > "$OUT/gpu.txt" 2>&1
@@ -31,14 +31,14 @@ PARTS=${PARTS:-cost,scaling,accuracy,compile}
 
 # 1. Cost: ResNet-18 first (the target), then the other models.
 part_cost() {
-timeout 300 $PY examples/benchmarks/cost_benchmark.py \
+timeout 300 $PY examples/benchmarks/cost/cost_benchmark.py \
   --models resnet18,transformer,mlp512,cnn --repeats 50 --warmup 5 \
   --tag gpu --with-v1 --out "$OUT" 2>&1 | tee "$OUT/cost_gpu.txt"
 }
 
 # 2. Scaling of one leaf with N and D.
 part_scaling() {
-timeout 120 $PY examples/benchmarks/collision_scaling.py \
+timeout 120 $PY examples/benchmarks/scaling/collision_scaling.py \
   --ns 256,1024,4096,16384 --ds 256,1024,4096,16384 --fixed-d 1024 \
   --fixed-n 1024 --repeats 30 --tag gpu --out "$OUT" 2>&1 \
   | tee "$OUT/scaling_gpu.txt"
@@ -48,7 +48,7 @@ timeout 120 $PY examples/benchmarks/collision_scaling.py \
 part_accuracy() {
 TASK=synthetic_mlp
 $PY -c "import mnist1d" 2>/dev/null && TASK=mnist1d_mlp
-timeout 150 $PY examples/benchmarks/accuracy_study.py --task $TASK \
+timeout 150 $PY examples/benchmarks/accuracy/accuracy_study.py --task $TASK \
   --only adam,ko_soft_adam,ko_hard_adam --out "$OUT" 2>&1 \
   | tee "$OUT/accuracy_gpu.txt"
 }
@@ -79,7 +79,7 @@ if [ -z "$BEFORE" ] && git rev-parse --git-dir >/dev/null 2>&1; then
 fi
 TREES="after=."
 [ -n "$BEFORE" ] && [ -d "$BEFORE/ko_optax" ] && TREES="before=$BEFORE,after=."
-timeout ${COMPILE_TIMEOUT:-300} $PY examples/benchmarks/compile_benchmark.py \
+timeout ${COMPILE_TIMEOUT:-300} $PY examples/benchmarks/cost/compile_benchmark.py \
   --size ${SIZE:-gpu} --rows ${COMPILE_ROWS:-resnet18,gpt12,gpt12_scan} --trees "$TREES" \
   --timeout ${COMPILE_ROW_TIMEOUT:-120} --repeats 20 --tag gpu --out "$OUT" \
   --compile-rounds ${COMPILE_ROUNDS:-1} \
@@ -87,7 +87,7 @@ timeout ${COMPILE_TIMEOUT:-300} $PY examples/benchmarks/compile_benchmark.py \
 }
 
 # 5. The language-model study at its CPU size, run where it is fast: every
-# arm, 5 seeds, the learning-rate grid (examples/benchmarks/lm_study.py).
+# arm, 5 seeds, the learning-rate grid (examples/benchmarks/lm/lm_study.py).
 # LM_ARMS / LM_LRS pick arms and rates, e.g. the arm the first H200 run
 # missed: LM_ARMS=muon LM_TAG=h200_muon PARTS=lm (about 60 s per 20 runs on
 # an H200), or KO on top of Muon: LM_ARMS=ko_hard_muon LM_TAG=h200_ko_muon;
@@ -95,7 +95,7 @@ timeout ${COMPILE_TIMEOUT:-300} $PY examples/benchmarks/compile_benchmark.py \
 # after checking that the corpus is the same (Python 3.12: 198 train files,
 # 3118546 bytes).
 part_lm() {
-timeout ${LM_TIMEOUT:-300} $PY examples/benchmarks/lm_study.py \
+timeout ${LM_TIMEOUT:-300} $PY examples/benchmarks/lm/lm_study.py \
   --size ${LM_SIZE:-cpu} --seeds 5 --tag ${LM_TAG:-cpu_size_on_gpu} \
   ${LM_ARMS:+--arms $LM_ARMS} ${LM_LRS:+--lrs $LM_LRS} \
   --step-repeats 0 --max-minutes ${LM_MINUTES:-4} --out "$OUT" 2>&1 | tee "$OUT/lm_cpu_size.txt"
@@ -107,7 +107,7 @@ timeout ${LM_TIMEOUT:-300} $PY examples/benchmarks/lm_study.py \
 # evaluations): give this part a call of its own, about 6 minutes (in
 # 2026-11-28's session 100 s finished no arm).
 part_lm_gpu() {
-timeout ${LM_GPU_TIMEOUT:-400} $PY examples/benchmarks/lm_study.py \
+timeout ${LM_GPU_TIMEOUT:-400} $PY examples/benchmarks/lm/lm_study.py \
   --size ${LM_GPU_SIZE:-gpu} --seeds 2 --lrs ${LM_GPU_LRS:-1e-3} \
   --arms ${LM_GPU_ARMS:-adamw,ko_gpt,ko_soft_norm,ko_hard} --step-repeats 10 --tag ${LM_GPU_TAG:-gpu_size} \
   --max-minutes ${LM_GPU_MINUTES:-5} --out "$OUT" 2>&1 \

@@ -8,4 +8,6 @@
   function, easy to ``vmap`` over seeds.
 * :mod:`ko_examples.training`: optimizer factories and a jitted, seed-vmapped
   training loop shared by ``examples/compare.py`` and the benchmarks.
+* :mod:`ko_examples.timing`: medians of interleaved timings, the machine's
+  description and JSON output, shared by the benchmarks.
 """

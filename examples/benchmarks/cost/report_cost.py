@@ -1,7 +1,9 @@
 """Markdown tables from results/cost_<tag>.json and results/scaling_<tag>.json.
 
-  PYTHONPATH=examples/benchmarks python \
-      examples/benchmarks/report_cost.py [--dir DIR]
+The scaling files are collision_scaling.py's (one leaf, N and D sweeps);
+scaling.py's own files (another layout) are left to ``scaling.py --report``.
+
+  python examples/benchmarks/cost/report_cost.py [--dir DIR]
 """
 
 import argparse
@@ -57,11 +59,15 @@ def scaling_table(path):
 
 def main():
   ap = argparse.ArgumentParser()
-  ap.add_argument('--dir', default=os.path.join(HERE, 'results'))
+  ap.add_argument('--dir', default=os.path.abspath(
+      os.path.join(HERE, '..', 'results')))
   a = ap.parse_args()
   for p in sorted(glob.glob(os.path.join(a.dir, 'cost_*.json'))):
     print('\n'.join(cost_table(p)), '\n')
   for p in sorted(glob.glob(os.path.join(a.dir, 'scaling_*.json'))):
+    with open(p) as f:
+      if 'rows' not in json.load(f):
+        continue
     print('\n'.join(scaling_table(p)), '\n')
 
 

@@ -3,16 +3,22 @@
 Times the pieces of ``ko_optax.collision.hard_collision`` and
 ``soft_collision`` separately, each jitted on its own, for one (D, N) leaf.
 
-  PYTHONPATH=. python examples/benchmarks/profile_hard.py --d 512 --n 512
+  PYTHONPATH=. python examples/benchmarks/cost/profile_hard.py --d 512 --n 512
 """
 
 import argparse
+import os
+import sys
 
 import jax
 import jax.numpy as jnp
 
+# The shared helpers (ko_examples) live in examples/, two folders up.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                '..', '..'))
+
+from ko_examples import timing
 from ko_optax import collision as C
-import timing
 
 
 def hard_collision_columns(w, g, rate, key, length_scale=20.0):

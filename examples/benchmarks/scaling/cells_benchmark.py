@@ -27,14 +27,17 @@ written to ``examples/benchmarks/results/cells_<label>.json``:
    ``collide_in_cells`` to both measurements, timed in the same
    interleaved loop.
 
-Usage::
+Usage (from the repository root, ko_optax importable)::
 
-  python examples/benchmarks/cells_benchmark.py              # ~5 min on 2 cores
-  python examples/benchmarks/cells_benchmark.py --quick      # seconds
+  # the full set, about 5 min on 2 cores
+  python examples/benchmarks/scaling/cells_benchmark.py
+  # tiny sizes, seconds
+  python examples/benchmarks/scaling/cells_benchmark.py --quick
   # on a shared machine: every round waits for the others to go quiet
-  python examples/benchmarks/cells_benchmark.py --quiet 0.1
+  python examples/benchmarks/scaling/cells_benchmark.py --quiet 0.1
   git show HEAD~1:ko_optax/cells.py > /tmp/old_cells.py
-  python examples/benchmarks/cells_benchmark.py --baseline /tmp/old_cells.py
+  python examples/benchmarks/scaling/cells_benchmark.py \
+      --baseline /tmp/old_cells.py
 """
 
 from __future__ import annotations
@@ -50,12 +53,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+# The shared helpers (ko_examples) live in examples/, two folders up.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                '..', '..'))
+
+from ko_examples import timing
 import ko_optax
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import timing  # pylint: disable=g-import-not-at-top,wrong-import-position
-
-RESULTS = pathlib.Path(__file__).resolve().parent / 'results'
+RESULTS = pathlib.Path(__file__).resolve().parents[1] / 'results'
 
 
 # -- 1. speed ----------------------------------------------------------------
@@ -194,7 +199,8 @@ def _locality(w, labels, key, cell_size, cells_fn):
   return float(share), float(cos)
 
 
-def _repulsion(w, g, key, cell_size, cells_fn, exact):
+def repulsion(w, g, key, cell_size, cells_fn, exact):
+  """The cells' repulsion ``g - g_new`` (rate 1) against ``exact``'s."""
   soft = lambda w_, g_, k_: ko_optax.soft_collision(w_, g_, 1.0)
   new = cells_fn(w, g, key, soft, cell_size=cell_size)
   rep = np.asarray(g - new, np.float64)
@@ -253,7 +259,7 @@ def bench_fidelity(data_sets: int, keys: int, n: int, d: int,
         key = jax.random.key(k)
         share, cos = _locality(w, labels, key, cell_size, cells_fn)
         acc.append(dict(share=share, cos=cos,
-                        **_repulsion(wj, gj, key, cell_size, cells_fn, exact)))
+                        **repulsion(wj, gj, key, cell_size, cells_fn, exact)))
       row = {'data': kind, 'cells': scheme, 'n': n, 'd': d,
              'cell_size': cell_size}
       row.update({m: float(np.mean([a[m] for a in acc])) for m in acc[0]})

@@ -10,8 +10,8 @@ All optimizers of one model are timed round-robin in ONE process (median of
 timed beside them. The compiled programs' temporary memory (XLA's
 ``memory_analysis``) and, on GPU, the device's peak memory are recorded too.
 
-  PYTHONPATH=examples:examples/benchmarks python \
-      examples/benchmarks/cost_benchmark.py --models mlp512,cnn,transformer
+  PYTHONPATH=. python examples/benchmarks/cost/cost_benchmark.py \
+      --models mlp512,cnn,transformer
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import sys
 import time
 
 import jax
@@ -26,12 +27,17 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+# The shared helpers (ko_examples) live in examples/, two folders up.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                '..', '..'))
+
 from ko_examples import models as models_lib
+from ko_examples import timing
 import ko_optax
 from ko_optax import collision as collision_lib
-import timing
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results')
+RESULTS = os.path.abspath(os.path.join(os.path.dirname(
+    os.path.abspath(__file__)), '..', 'results'))
 
 
 def model_zoo():

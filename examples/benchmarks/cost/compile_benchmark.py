@@ -27,8 +27,7 @@ compile that did not finish is reported as "> timeout".
 Results accumulate in ``results/compile_<tag>.json`` (rows already there for
 a tree are skipped unless ``--force``), and a markdown table is printed.
 
-  PYTHONPATH=examples:examples/benchmarks python \\
-      examples/benchmarks/compile_benchmark.py \\
+  python examples/benchmarks/cost/compile_benchmark.py \\
       --trees before=/tmp/ko_before,after=. --timeout 300
   # tiny sizes, a dry run of the whole pipeline in a minute:
   ... compile_benchmark.py --size tiny --tag tiny --out /tmp/cb
@@ -47,9 +46,10 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-EXAMPLES = os.path.dirname(HERE)
+BENCHMARKS = os.path.dirname(HERE)
+EXAMPLES = os.path.dirname(BENCHMARKS)
 REPO = os.path.dirname(EXAMPLES)
-RESULTS = os.path.join(HERE, 'results')
+RESULTS = os.path.join(BENCHMARKS, 'results')
 OPTIMIZERS = ('adam', 'ko_soft', 'ko_hard')   # the order they compile in
 LABELS = {'adam': 'Adam', 'ko_hard': 'KO-hard', 'ko_soft': 'KO-soft'}
 
@@ -189,13 +189,12 @@ def make_optimizer(name, scanned, lr=1e-3):
 def worker(a):
   if a.ko_path:
     sys.path.insert(0, os.path.abspath(a.ko_path))
-  for p in (EXAMPLES, HERE):
-    if p not in sys.path:
-      sys.path.insert(1, p)
+  if EXAMPLES not in sys.path:
+    sys.path.insert(1, EXAMPLES)
   import jax  # pylint: disable=g-import-not-at-top
   jax.config.update('jax_enable_compilation_cache', False)
+  from ko_examples import timing  # pylint: disable=g-import-not-at-top
   import ko_optax  # pylint: disable=g-import-not-at-top
-  import timing  # pylint: disable=g-import-not-at-top
 
   spec = SIZES[a.size][a.row]
   make_step, params, scanned = build_row(spec)
@@ -507,8 +506,9 @@ def compare_table(results, old, new, rows):
 
 
 def driver(a):
-  sys.path.insert(0, HERE)
-  import timing  # pylint: disable=g-import-not-at-top
+  if EXAMPLES not in sys.path:
+    sys.path.insert(0, EXAMPLES)
+  from ko_examples import timing  # pylint: disable=g-import-not-at-top
   trees = {}
   for item in a.trees.split(','):
     label, _, path = item.partition('=')

@@ -17,12 +17,17 @@ plotted to docs/scaling_collision.png and docs/scaling_train_step.png:
 3. ``fidelity``: how much of the all-pairs repulsion the cells keep, on
    weights with condensed (clustered) neurons and on random weights, for
    the hyperplane-hash cells against cells drawn at random: cosine and norm
-   ratio between the cells' and the exact repulsion ``g - g_new``.
+   ratio between the cells' and the exact repulsion ``g - g_new``
+   (cells_benchmark.py's measure, which it extends with the cells' locality
+   and a baseline version of the cells).
 
-Usage::
+collision_scaling.py times the whole optimizer step of every mode on one
+leaf instead, over N and D.
 
-  python examples/benchmarks/scaling.py            # the full set (~10 min)
-  python examples/benchmarks/scaling.py --quick    # tiny sizes, seconds
+Usage (from the repository root, ko_optax importable)::
+
+  python examples/benchmarks/scaling/scaling.py          # the full set
+  python examples/benchmarks/scaling/scaling.py --quick  # tiny sizes, seconds
 """
 
 from __future__ import annotations
@@ -34,7 +39,6 @@ import math
 import os
 import pathlib
 import platform
-import statistics
 import sys
 import time
 
@@ -43,17 +47,19 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+# The shared helpers (ko_examples) live in examples/, two folders up.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                '..', '..'))
+
+import cells_benchmark
+from ko_examples import timing
 import ko_optax
 from ko_optax import cells as cells_lib
 from ko_optax import collision as collision_lib
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
+ROOT = pathlib.Path(__file__).resolve().parents[3]
 RESULTS = ROOT / 'examples' / 'benchmarks' / 'results'
 DOCS = ROOT / 'docs'
-
-
-def _block(x):
-  return jax.tree.map(lambda a: a.block_until_ready(), x)
 
 
 def _memory_bytes(compiled) -> int | None:
@@ -66,16 +72,8 @@ def _memory_bytes(compiled) -> int | None:
 
 def _interleaved(fns: dict, repeats: int, budget_s: float) -> dict:
   """Median seconds per thunk, timed round-robin; stops early on budget."""
-  times = {k: [] for k in fns}
-  start = time.perf_counter()
-  for _ in range(repeats):
-    for k, fn in fns.items():
-      t0 = time.perf_counter()
-      _block(fn())
-      times[k].append(time.perf_counter() - t0)
-    if time.perf_counter() - start > budget_s:
-      break
-  return {k: statistics.median(v) for k, v in times.items()}
+  return timing.interleaved_medians(fns, repeats, warmup=0,
+                                    budget_s=budget_s)
 
 
 # -- 1. one soft collision ---------------------------------------------------
@@ -209,17 +207,6 @@ def bench_train_step(vocabs, d_model, batch, seq, cell_size, max_exact_vocab,
 # -- 3. fidelity of the cells ------------------------------------------------
 
 
-def _random_cells(w, g, key, cell_size):
-  n = g.shape[-1]
-  order = jax.random.permutation(key, n)
-  d = g.shape[0]
-  ws = w[:, order].reshape(d, n // cell_size, cell_size).transpose(1, 0, 2)
-  gs = g[:, order].reshape(d, n // cell_size, cell_size).transpose(1, 0, 2)
-  new = collision_lib.soft_collision(ws, gs, 1.0)
-  new = new.transpose(1, 0, 2).reshape(d, n)
-  return jnp.zeros_like(g).at[:, order].set(new)
-
-
 def bench_fidelity(n, d, cell_size, clusters, trials):
   rows = []
   rng = np.random.default_rng(0)
@@ -234,31 +221,25 @@ def bench_fidelity(n, d, cell_size, clusters, trials):
       w, g = rng.normal(size=(n, d)), rng.normal(size=(n, d))
     w = jnp.asarray(w.T, jnp.float32)
     g = jnp.asarray(g.T, jnp.float32)
-    exact = g - collision_lib.soft_collision(w, g, 1.0)
-    hashed = jax.jit(collision_fn_rate1(cell_size))
-    rand = jax.jit(_random_cells, static_argnums=3)
-    for scheme in ('hash', 'random'):
+    exact = np.asarray(g - collision_lib.soft_collision(w, g, 1.0),
+                       np.float64)
+    # The same measure as cells_benchmark's (hash cells against cells drawn
+    # at random), on this study's weights and trials.
+    schemes = {'hash': cells_lib.collide_in_cells,
+               'random': cells_benchmark.random_cells}
+    for scheme, cells_fn in schemes.items():
       cos, ratio = [], []
       for t in range(trials):
-        key = jax.random.key(t)
-        new = hashed(w, g, key) if scheme == 'hash' else rand(
-            w, g, key, cell_size)
-        rep = g - new
-        cos.append(float(jnp.sum(rep * exact) / (
-            jnp.linalg.norm(rep) * jnp.linalg.norm(exact))))
-        ratio.append(float(jnp.linalg.norm(rep) / jnp.linalg.norm(exact)))
+        m = cells_benchmark.repulsion(w, g, jax.random.key(t), cell_size,
+                                      cells_fn, exact)
+        cos.append(m['rep_cos'])
+        ratio.append(m['norm_ratio'])
       rows.append({'weights': kind, 'cells': scheme, 'n': n, 'd': d,
                    'cell_size': cell_size, 'cosine': float(np.mean(cos)),
                    'norm_ratio': float(np.mean(ratio))})
       print(f'fidelity {kind:9s} {scheme:6s}: cos {rows[-1]["cosine"]:.3f}, '
             f'|cells| / |exact| {rows[-1]["norm_ratio"]:.3f}', flush=True)
   return rows
-
-
-def collision_fn_rate1(cell_size):
-  collide = lambda w_, g_, k_: collision_lib.soft_collision(w_, g_, 1.0)
-  return lambda w, g, key: cells_lib.collide_in_cells(
-      w, g, key, collide, cell_size=cell_size)
 
 
 # -- plots -------------------------------------------------------------------

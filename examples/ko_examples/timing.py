@@ -1,4 +1,4 @@
-"""Small timing helpers shared by the cost benchmarks.
+"""Small timing helpers shared by the benchmarks (examples/benchmarks).
 
 Timings on a shared machine are noisy: every number is the median over
 ``repeats`` calls after ``warmup`` calls (the first of which compiles).
@@ -37,6 +37,7 @@ def median_time(fn: Callable[..., Any], *args: Any, repeats: int = 20,
 def interleaved_medians(fns: dict[str, Callable[[], Any]], repeats: int = 20,
                         warmup: int = 3,
                         before_round: Callable[[], Any] | None = None,
+                        budget_s: float | None = None,
                         ) -> dict[str, float]:
   """Medians of several thunks timed round-robin, so that load from other
   processes hits all of them alike (ratios are then fairer than with
@@ -45,12 +46,17 @@ def interleaved_medians(fns: dict[str, Callable[[], Any]], repeats: int = 20,
   the others: a thunk that always followed a large one (whose temporaries
   evict the caches) would otherwise pay for it in every round.
   ``before_round``, if given, is called before every round (e.g. to wait
-  for an idle machine)."""
+  for an idle machine). With ``budget_s``, no round starts once the timed
+  rounds have taken that many seconds (large sizes then take fewer
+  repeats)."""
   for fn in fns.values():
     for _ in range(warmup):
       block(fn())
   times = {k: [] for k in fns}
+  start = time.perf_counter()
   for r in range(repeats):
+    if budget_s is not None and r and time.perf_counter() - start > budget_s:
+      break
     if before_round is not None:
       before_round()
     for k in rotated(list(fns), r):

@@ -4,10 +4,10 @@
 # examples/benchmarks/results[/variants]/accuracy_<task>.json as it finishes;
 # rerunning skips what is done. report_accuracy.py makes the tables.
 set -u
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/../../.."
 PY=${PYTHON:-python3}
-export PYTHONPATH=examples:examples/benchmarks:${PYTHONPATH:-}
-run() { $PY examples/benchmarks/accuracy_study.py "$@"; }
+export PYTHONPATH=.:${PYTHONPATH:-}
+run() { $PY examples/benchmarks/accuracy/accuracy_study.py "$@"; }
 # MLP tasks: every optimizer, full grid (lr x collision rate), 5 seeds.
 run --task mnist1d_mlp --groups main
 run --task condense_mlp --groups main

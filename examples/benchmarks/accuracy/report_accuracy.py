@@ -20,8 +20,7 @@ only, the mean over seeds of each run's best test accuracy along training
 (what a number read off the test curve would be; nothing is chosen on it).
 These tasks stay out of the per-rate table (one rate each).
 
-  PYTHONPATH=examples:examples/benchmarks python \
-      examples/benchmarks/report_accuracy.py
+  python examples/benchmarks/accuracy/report_accuracy.py
 """
 
 from __future__ import annotations
@@ -35,8 +34,8 @@ import os
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-RESULTS = os.path.join(HERE, 'results')
-DOCS = os.path.join(HERE, '..', '..', 'docs')
+RESULTS = os.path.abspath(os.path.join(HERE, '..', 'results'))
+DOCS = os.path.abspath(os.path.join(HERE, '..', '..', '..', 'docs'))
 T_975 = {2: 12.71, 3: 4.30, 4: 3.18, 5: 2.78, 6: 2.57, 7: 2.45, 8: 2.36,
          9: 2.31, 10: 2.26}
 

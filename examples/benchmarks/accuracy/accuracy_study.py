@@ -23,8 +23,8 @@ validation, the 4000 examples the MNIST-1D paper trains on) and the test
 accuracy of those runs is the reported one (``refit`` in the record); the
 choice itself still sees only the validation split.
 
-  PYTHONPATH=examples:examples/benchmarks python \
-      examples/benchmarks/accuracy_study.py --task mnist1d_mlp --groups main
+  PYTHONPATH=. python examples/benchmarks/accuracy/accuracy_study.py \
+      --task mnist1d_mlp --groups main
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from typing import Any, NamedTuple
 
@@ -41,11 +42,16 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+# The shared helpers (ko_examples) live in examples/, two folders up.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                '..', '..'))
+
 from ko_examples import data as data_lib
 from ko_examples import models as models_lib
 import ko_optax
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results')
+HERE = os.path.dirname(os.path.abspath(__file__))
+RESULTS = os.path.abspath(os.path.join(HERE, '..', 'results'))
 
 
 # ------------------------------------------------------------------ tasks

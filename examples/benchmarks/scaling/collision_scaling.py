@@ -3,28 +3,34 @@
 One (D, N) parameter leaf in Flax layout; times the optimizer-only step of
 optax.adam, KO-soft and KO-hard (adam base) and the soft collision in
 collision cells, over a sweep of N at fixed D and of D at fixed N (medians,
-round-robin per size). Writes results/scaling_<tag>.json and, with
---plot, docs/bench_scaling.png.
+round-robin per size). Writes results/scaling_<tag>.json (tables:
+cost/report_cost.py) and, with --plot, docs/bench_scaling_<tag>.png.
+scaling.py times the soft collision alone, all pairs against cells, to
+larger N.
 
-  PYTHONPATH=examples/benchmarks python \
-      examples/benchmarks/collision_scaling.py --plot
+  PYTHONPATH=. python examples/benchmarks/scaling/collision_scaling.py --plot
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 import jax
 import jax.numpy as jnp
 import optax
 
-import ko_optax
-import timing
+# The shared helpers (ko_examples) live in examples/, two folders up.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                '..', '..'))
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results')
-DOCS = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..',
-                    'docs')
+from ko_examples import timing
+import ko_optax
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+RESULTS = os.path.abspath(os.path.join(HERE, '..', 'results'))
+DOCS = os.path.abspath(os.path.join(HERE, '..', '..', '..', 'docs'))
 
 
 def optimizers(n):

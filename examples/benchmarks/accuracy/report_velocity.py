@@ -7,7 +7,7 @@ the 'velocity' group), picks each configuration's grid point on validation
 the paired differences (same seeds) of every velocity configuration to its
 base optimizer and to the same collision on the gradient.
 
-  PYTHONPATH=examples/benchmarks python examples/benchmarks/report_velocity.py
+  python examples/benchmarks/accuracy/report_velocity.py
 """
 
 import math

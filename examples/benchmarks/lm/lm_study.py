@@ -28,9 +28,9 @@ is reported, in bits per byte, with paired differences against AdamW. All
 arm. Condensation (effective rank and mean |cos| of every block's kernels) is
 recorded at every evaluation.
 
-  python examples/benchmarks/lm_study.py --size cpu      # the study (CPU)
-  python examples/benchmarks/lm_study.py --size gpu      # a GPU's size
-  python examples/benchmarks/lm_study.py --quick         # seconds: a check
+  python examples/benchmarks/lm/lm_study.py --size cpu   # the study (CPU)
+  python examples/benchmarks/lm/lm_study.py --size gpu   # a GPU's size
+  python examples/benchmarks/lm/lm_study.py --quick      # a check
 
 Writes ``lm_study_<tag>.json`` and pictures ``lm_curves_<tag>.png``,
 ``lm_condensation_<tag>.png`` under ``--out``.
@@ -47,8 +47,9 @@ import sys
 import time
 from typing import Any
 
+# The shared helpers (ko_examples) live in examples/, two folders up.
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                '..'))
+                                '..', '..'))
 
 from flax import nnx  # pylint: disable=g-import-not-at-top
 import jax
@@ -59,6 +60,8 @@ import optax
 from ko_examples import gpt
 import ko_optax
 
+RESULTS = os.path.abspath(os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), '..', 'results', 'lm'))
 KERNELS = ('q', 'k', 'v', 'o', 'up', 'down')
 ARMS = ('adamw', 'ko_gpt', 'ko_soft_norm', 'ko_hard', 'muon',
         'ko_soft_similarity', 'ko_hard_muon')
@@ -487,7 +490,7 @@ def main(argv=None) -> dict[str, Any]:
   p.add_argument('--steps', type=int, default=None)
   p.add_argument('--step-repeats', type=int, default=20,
                  help='steps timed per arm for the cost column (0: skip)')
-  p.add_argument('--out', default='examples/benchmarks/results/lm')
+  p.add_argument('--out', default=RESULTS)
   p.add_argument('--tag', default=None)
   p.add_argument('--no-plots', action='store_true')
   p.add_argument('--max-minutes', type=float, default=None,
