@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from ko_optax import collision as collision_lib
+from ko_optax.collision import transform as collision_lib
 from ko_optax import particles as particles_lib
 
 

@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import optax
 
 from ko_optax import _checks
-from ko_optax import collision as collision_lib
+from ko_optax.collision import transform as collision_lib
 from ko_optax import diffusion
 from ko_optax import particles as particles_lib
 

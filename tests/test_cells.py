@@ -10,7 +10,7 @@ import pytest
 
 import ko_optax
 from ko_optax import cells
-from ko_optax import collision
+from ko_optax.collision import transform as collision
 
 
 def _random(shape, seed):

@@ -13,7 +13,7 @@ import optax
 import pytest
 
 import ko_optax
-from ko_optax import collision
+from ko_optax.collision import transform as collision
 import reference
 
 

@@ -14,7 +14,7 @@ import optax
 import pytest
 
 import ko_optax
-from ko_optax import collision
+from ko_optax.collision import transform as collision
 
 N, D = 6, 5
 

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import ko_optax
-from ko_optax import collision
+from ko_optax.collision import transform as collision
 from ko_optax import keys
 from ko_optax import leaf_cuts
 from ko_optax import particles
