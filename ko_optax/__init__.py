@@ -11,10 +11,10 @@ chains them.
 from ko_optax.advection import CollidedAdvectionState
 from ko_optax.advection import kinetic_advection
 from ko_optax.cells import collide_in_cells
-from ko_optax.collision.hard import hard_collision
-from ko_optax.collision.soft import soft_collision
-from ko_optax.collision.transform import stochastic_collision
-from ko_optax.collision.transform import StochasticCollisionState
+from ko_optax.collision import hard_collision
+from ko_optax.collision import soft_collision
+from ko_optax.collision import stochastic_collision
+from ko_optax.collision import StochasticCollisionState
 from ko_optax.diagnostics import Condensation
 from ko_optax.diagnostics import condensation
 from ko_optax.diagnostics import condensation_metrics

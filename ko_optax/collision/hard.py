@@ -174,13 +174,14 @@ def hard_collision(
 
   Draws a uniformly random perfect pairing of the N particles (one particle
   sits out when N is odd), then collides each pair with the DSMC acceptance
-  probability (:func:`acceptance`) by elastic isotropic scattering
-  (:func:`scatter_pairs`). O(N D) time and memory, no N x N array, no
-  data-dependent branch and one random-number kernel: every pair draws a
-  direction and the non-colliding ones are kept with ``where``, so the step
-  vectorises over stacked particle systems (``jax.vmap``). The random
-  numbers are laid out as :func:`ko_optax.stochastic_collision` lays out
-  those of one particle system.
+  probability (:func:`ko_optax.collision.hard.acceptance`) by elastic
+  isotropic scattering (:func:`ko_optax.collision.hard.scatter_pairs`).
+  O(N D) time and memory, no N x N array, no data-dependent branch and one
+  random-number kernel: every pair draws a direction and the non-colliding
+  ones are kept with ``where``, so the step vectorises over stacked particle
+  systems (``jax.vmap``). The random numbers are laid out as
+  :func:`ko_optax.stochastic_collision` lays out those of one particle
+  system.
 
   Args:
     w: positions (weights), shape (D, N); columns are particles.

@@ -145,30 +145,23 @@ def soft_collision(
     Feng et al., `KO: Kinetics-inspired Neural Optimizer with PDE Simulation
     Approaches <https://arxiv.org/abs/2505.14777>`_, 2025.
   """
-  # g is divided by the power of 2 just below its largest entry (exact:
-  # the result keeps its bits, and no square, repulsion or norm overflows).
-  # A column holding a NaN or an infinity then has a non-finite sum of
-  # squares: such particles are zero particles here (no
-  # cosine with anyone: they neither push nor are pushed, and their push
-  # is exactly 0), so they come out untouched. So does a neuron whose
-  # weights' squares overflow (entries above ~1.8e19 in float32).
-  # The cosines come from the squared norms and the Gram matrices
-  # (_kernel_of_grams): few operations per leaf, which is compile time on
-  # trees of many leaves.
+  # Dividing g by a power of 2 is exact and keeps every square finite; a
+  # particle whose squares are still not finite (a NaN, an infinity, or
+  # weights above ~1.8e19 in float32) becomes a zero particle that neither
+  # pushes nor is pushed.
   scale = finite_scale(g, (-2, -1))                    # (..., 1, 1)
   g_s = g / scale
-  # Per-particle quantities are (..., N) rows, broadcast where they meet the
-  # (D, N) columns: fewer reshapes than keepdims (compile time).
+  # Per-particle rows (..., N) need fewer reshapes than keepdims columns.
   w_sq = jnp.sum(jnp.square(w), axis=-2)
   g_sq = jnp.sum(jnp.square(g_s), axis=-2)
   ok = jnp.isfinite(w_sq) & jnp.isfinite(g_sq)          # (..., N)
-  # 1 / |w_i| and 1 / |g_i|, 0 for a particle that takes no part
-  # (rsqrt(inf) = 0). The rsqrt comes last so that XLA computes it once per
-  # particle instead of fusing it into each (N, N) or (D, N) consumer.
+  # 1 / |w_i| and 1 / |g_i| (0 for a particle that takes no part), last so
+  # that XLA computes the rsqrt once per particle, not in every consumer.
   takes_part = ok & (w_sq > 0) & (g_sq > 0)
-  inv = lambda sq: jax.lax.rsqrt(select(takes_part, sq, jnp.inf))
+  inverse_norm = lambda sq: jax.lax.rsqrt(select(takes_part, sq, jnp.inf))
   g_s = select(ok[..., None, :], g_s, 0.0)
-  s = _kernel_of_grams(w, g_s, inv(w_sq), inv(g_sq), threshold, include_self)
+  s = _kernel_of_grams(w, g_s, inverse_norm(w_sq), inverse_norm(g_sq),
+                       threshold, include_self)
   repulsion = jnp.einsum('...dm,...mn->...dn', g_s, s)
   # Each normalisation is a factor per particle (or per system), so that
   # the (D, N) tail is one multiply-subtract: g - (rate * factor) * repulsion.
@@ -178,14 +171,11 @@ def soft_collision(
                                                        else 1)
     factor = (1.0 / jnp.maximum(partners, 1).astype(g.dtype))[..., None]
   elif normalization == 'norm':
-    # |g_i| / |repulsion_i|: each repulsion rescaled to its particle's speed.
-    # The square root comes last: XLA computes an expensive operation once
-    # instead of fusing it into each of the base optimizer's kernels.
+    # |g_i| / |repulsion_i|, the square root last so XLA computes it once.
     r_sq = jnp.sum(jnp.square(repulsion), axis=-2)
     factor = jnp.sqrt(select(ok & (r_sq > 0), g_sq / r_sq, 0.0))[..., None, :]
   elif normalization == 'similarity':
-    # The kernel's total weight per particle, floored at 1: the plain sum
-    # for weakly similar particles, a weighted mean for condensed ones.
+    # Floored at 1: the plain sum for weakly similar particles.
     factor = 1.0 / jnp.maximum(jnp.sum(jnp.abs(s), axis=-2, keepdims=True),
                                1.0)
   else:
