@@ -392,6 +392,10 @@ def collide_in_cells(
     ...                                 cell_size=8)
     >>> new.shape
     (16, 64)
+
+  References:
+    Bird, *Molecular Gas Dynamics and the Direct Simulation of Gas Flows*,
+    1994 (collision cells).
   """
   d, n = g.shape
   if n % groups:
