@@ -12,8 +12,8 @@ The paper collides the force. A particle's velocity, though, persists
 between steps: in the base optimizer it is the momentum buffer (SGD's trace,
 Adam's first moment). ``kinetic_advection(..., collision=...)`` collides that
 buffer instead, each step, and keeps the collided value in the state, so a
-collision's effect carries into the next steps (METHOD.md's third open
-question; ``ko(..., collide_on='velocity')``).
+collision's effect carries into the next steps (an open question the
+paper leaves; ``ko(..., collide_on='velocity')``).
 """
 
 from __future__ import annotations

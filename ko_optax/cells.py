@@ -60,6 +60,8 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
+from ko_optax import _backend
+from ko_optax._numerics import explicit_spec
 from ko_optax._numerics import pow2_floor
 
 
@@ -187,17 +189,6 @@ def _gather(
                         mode=jax.lax.GatherScatterMode.PROMISE_IN_BOUNDS)
 
 
-def _loop_over_cells() -> bool:
-  """Whether cells are collided one at a time (XLA:CPU) or all at once.
-
-  On CPU a loop hands ``collide`` one cell at a time, a contiguous (G, D, C)
-  slice of the sorted particles: no transposed copies, the slice stays in
-  cache, and the temporary memory stays O(N D) small (fewer fresh pages to
-  fault in per call). On GPU and TPU one batched call keeps the device busy.
-  """
-  return jax.default_backend() == 'cpu'
-
-
 def _sort_columns(
     wb: jax.Array, gb: jax.Array, order: jax.Array, m: int,
 ) -> tuple[jax.Array, jax.Array]:
@@ -251,18 +242,6 @@ def _unsort(
   return out.reshape(d, n)
 
 
-def _explicit_spec(x: jax.Array) -> tuple[Any, tuple[Any, ...]] | None:
-  """(mesh, spec) of ``x`` when it is explicitly sharded, else None."""
-  sharding = jax.typeof(x).sharding
-  mesh = getattr(sharding, 'mesh', None)
-  if mesh is None or mesh.empty or not mesh.explicit_axes:
-    return None
-  spec = tuple(sharding.spec) + (None,) * (x.ndim - len(sharding.spec))
-  if all(s is None for s in spec):
-    return None
-  return mesh, spec
-
-
 def _axes(entry: Any) -> tuple[str, ...]:
   if entry is None:
     return ()
@@ -278,7 +257,7 @@ def unsharded(fn: Callable[..., jax.Array], w: jax.Array, g: jax.Array,
   the all-gathers; with explicit sharding the inputs are gathered here and
   the result is put back in ``g``'s sharding.
   """
-  found = _explicit_spec(g) or _explicit_spec(w)
+  found = explicit_spec(g) or explicit_spec(w)
   if found is None:
     return fn(w, g, *args)
   replicated = P(*([None] * g.ndim))
@@ -286,6 +265,83 @@ def unsharded(fn: Callable[..., jax.Array], w: jax.Array, g: jax.Array,
   g_sharding = jax.typeof(g).sharding
   g = jax.sharding.reshard(g, replicated)
   return jax.sharding.reshard(fn(w, g, *args), g_sharding.spec)
+
+
+def _align_with_blocks(w: jax.Array, g: jax.Array, groups: int
+                       ) -> tuple[jax.Array, jax.Array, Any]:
+  """With explicit sharding, keeps the particle axis' shards where the
+  blocks line up with them (no communication) and gathers it otherwise, and
+  gathers D inside each shard of particles (the projections and the kernels
+  contract over D). Returns ``(w, g, g's spec or None)``."""
+  found = explicit_spec(g) or explicit_spec(w)
+  if found is None:
+    return w, g, None
+  mesh, _ = found
+  out_spec = jax.typeof(g).sharding.spec
+  n_entry = (explicit_spec(g) or found)[1][1]
+  shards = math.prod(mesh.shape[a] for a in _axes(n_entry))
+  if groups % shards:
+    n_entry = None
+  w = jax.sharding.reshard(w, P(None, n_entry))
+  g = jax.sharding.reshard(g, P(None, n_entry))
+  return w, g, out_spec
+
+
+def _collide_neighbours(
+    wb: jax.Array, gb: jax.Array, g: jax.Array, order: jax.Array,
+    position: jax.Array, collide: Callable[..., jax.Array],
+    collide_key: jax.Array,
+) -> jax.Array:
+  """Hard collisions: neighbours in the sorted order of each (D, G, B) block
+  collide as pairs, in one call on the sorted blocks (G, D, B)."""
+  d, n = g.shape
+  block = wb.shape[2]
+  if block < 2:
+    return g      # one particle per block: no pair, nothing collides
+  ws, gs = _sort_columns(wb, gb, order, block)
+  paired = 2 * (block // 2)
+  new_sorted = collide(ws[..., :paired], gs[..., :paired], collide_key)
+  if paired < block:
+    # Odd blocks: the last particle has no partner and keeps g.
+    new_sorted = jnp.concatenate([new_sorted, gs[..., paired:]], axis=-1)
+  return _unsort(new_sorted, position[..., None], cell_axes=(2,),
+                 batch=(0, 1), shape=(d, n))
+
+
+def _collide_cells(
+    wb: jax.Array, gb: jax.Array, order: jax.Array, position: jax.Array,
+    collide: Callable[..., jax.Array], collide_key: jax.Array, cell_size: int,
+) -> jax.Array:
+  """Collides the cells of C consecutive sorted particles of each (D, G, B)
+  block; returns the (D, N) result in the original order."""
+  d, groups, block = wb.shape
+  shape = (d, groups * block)
+  cells = math.ceil(block / cell_size)
+  # The last cell of a block is padded with zero particles (index 0 then
+  # masked), which do not interact.
+  ws, gs = _sort_columns(wb, gb, order, cells * cell_size)
+  if _backend.loop_over_cells():
+
+    def one_cell(k: jax.Array, new: jax.Array) -> jax.Array:
+      # Cell k of every block, (G, D, C). Its velocities are read from the
+      # loop carry before they are overwritten: the carry starts as the
+      # sorted g, so the loop needs no output buffer of its own.
+      start = k * cell_size
+      take = lambda x: jax.lax.dynamic_slice_in_dim(
+          x, start, cell_size, axis=-1)
+      out = collide(take(ws), take(new), jax.random.fold_in(collide_key, k))
+      return jax.lax.dynamic_update_slice_in_dim(new, out, start, axis=-1)
+
+    new_sorted = jax.lax.fori_loop(0, cells, one_cell, gs)
+    return _unsort(new_sorted, position[..., None], cell_axes=(2,),
+                   batch=(0, 1), shape=shape)
+  # (G, D, K*C) -> (G, K, D, C): a batch of K cells per block.
+  to_cells = lambda x: jnp.swapaxes(
+      x.reshape(groups, d, cells, cell_size), 1, 2)
+  new_cells = collide(to_cells(ws), to_cells(gs), collide_key)
+  cell, slot = position // cell_size, position % cell_size
+  return _unsort(new_cells, jnp.stack([cell, slot], axis=-1),
+                 cell_axes=(1, 3), batch=(0, 2), shape=shape)
 
 
 def collide_in_cells(
@@ -336,6 +392,10 @@ def collide_in_cells(
     ...                                 cell_size=8)
     >>> new.shape
     (16, 64)
+
+  References:
+    Bird, *Molecular Gas Dynamics and the Direct Simulation of Gas Flows*,
+    1994 (collision cells).
   """
   d, n = g.shape
   if n % groups:
@@ -345,21 +405,7 @@ def collide_in_cells(
         'or 1.'
     )
   block = n // groups
-  found = _explicit_spec(g) or _explicit_spec(w)
-  out_spec = None
-  if found is not None:
-    # Explicit sharding: keep the particle axis' shards when the blocks line
-    # up with them (no communication), gather it otherwise; gather D inside
-    # each shard of particles (the projections and the kernels contract over
-    # D).
-    mesh, _ = found
-    out_spec = jax.typeof(g).sharding.spec
-    n_entry = (_explicit_spec(g) or found)[1][1]
-    shards = math.prod(mesh.shape[a] for a in _axes(n_entry))
-    if groups % shards:
-      n_entry = None
-    w = jax.sharding.reshard(w, P(None, n_entry))
-    g = jax.sharding.reshard(g, P(None, n_entry))
+  w, g, out_spec = _align_with_blocks(w, g, groups)
   order_key, collide_key = jax.random.split(key)
   # (D, N) -> (D, G, B), a free reshape: block k holds the particles
   # k*B .. (k+1)*B - 1.
@@ -370,50 +416,11 @@ def collide_in_cells(
   position = jax.vmap(lambda o: jnp.zeros_like(o).at[o].set(
       jnp.arange(block, dtype=o.dtype), unique_indices=True))(order)
   if pairs:
-    # Hard collisions pair neighbours in the sorted order, in one call per
-    # block of the sorted particles (G, D, B).
-    if block < 2:
-      # One particle per block: no pair, nothing collides.
-      new_sorted = None
-    else:
-      ws, gs = _sort_columns(wb, gb, order, block)
-      paired = 2 * (block // 2)
-      new_sorted = collide(ws[..., :paired], gs[..., :paired], collide_key)
-      if paired < block:
-        # Odd blocks: the last particle has no partner and keeps g.
-        new_sorted = jnp.concatenate([new_sorted, gs[..., paired:]], axis=-1)
-    new = g if new_sorted is None else _unsort(
-        new_sorted, position[..., None], cell_axes=(2,), batch=(0, 1),
-        shape=(d, n))
+    new = _collide_neighbours(wb, gb, g, order, position, collide,
+                              collide_key)
   else:
-    cells = math.ceil(block / cell_size)
-    m = cells * cell_size
-    # The last cell of a block is padded with zero particles (index 0 then
-    # masked), which do not interact.
-    ws, gs = _sort_columns(wb, gb, order, m)
-    if _loop_over_cells():
-
-      def one_cell(k: jax.Array, new: jax.Array) -> jax.Array:
-        # Cell k of every block, (G, D, C). Its velocities are read from the
-        # loop carry before they are overwritten: the carry starts as the
-        # sorted g, so the loop needs no output buffer of its own.
-        start = k * cell_size
-        take = lambda x: jax.lax.dynamic_slice_in_dim(
-            x, start, cell_size, axis=-1)
-        out = collide(take(ws), take(new), jax.random.fold_in(collide_key, k))
-        return jax.lax.dynamic_update_slice_in_dim(new, out, start, axis=-1)
-
-      new_sorted = jax.lax.fori_loop(0, cells, one_cell, gs)
-      new = _unsort(new_sorted, position[..., None], cell_axes=(2,),
-                    batch=(0, 1), shape=(d, n))
-    else:
-      # (G, D, K*C) -> (G, K, D, C): a batch of K cells per block.
-      to_cells = lambda x: jnp.swapaxes(
-          x.reshape(groups, d, cells, cell_size), 1, 2)
-      new_cells = collide(to_cells(ws), to_cells(gs), collide_key)
-      cell, slot = position // cell_size, position % cell_size
-      new = _unsort(new_cells, jnp.stack([cell, slot], axis=-1),
-                    cell_axes=(1, 3), batch=(0, 2), shape=(d, n))
+    new = _collide_cells(wb, gb, order, position, collide, collide_key,
+                         cell_size)
   if out_spec is not None:
     new = jax.sharding.reshard(new, out_spec)
   return new

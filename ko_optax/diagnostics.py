@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from ko_optax import collision as collision_lib
+from ko_optax import _numerics
 from ko_optax import particles as particles_lib
 
 
@@ -45,7 +45,7 @@ class Condensation(NamedTuple):
 
 def _matrices(leaf: jax.Array, spec: particles_lib.ParticleSpec) -> jax.Array:
   """The leaf's (B, D, N) particle matrices in the compute dtype."""
-  dtype = collision_lib.compute_dtype(leaf.dtype)
+  dtype = _numerics.compute_dtype(leaf.dtype)
   return particles_lib.to_particles(jnp.asarray(leaf).astype(dtype), spec)
 
 
@@ -76,7 +76,7 @@ def cosine_matrix(leaf: jax.Array, particle_axes: Any = -1) -> jax.Array:
   if spec is None:
     raise ValueError('cosine_matrix needs a leaf with ndim >= 2.')
   def cosines(p: jax.Array) -> jax.Array:
-    p_hat, _ = collision_lib.unit_columns(p)
+    p_hat, _ = _numerics.unit_columns(p)
     return p_hat.T @ p_hat
   return _per_system(cosines, leaf, spec)
 
@@ -86,7 +86,7 @@ def mean_abs_cos(p: jax.Array) -> jax.Array:
   n = p.shape[-1]
   if n < 2:
     return jnp.zeros((), p.dtype)
-  p_hat, _ = collision_lib.unit_columns(p)
+  p_hat, _ = _numerics.unit_columns(p)
   c = jnp.abs(p_hat.T @ p_hat)
   off_diagonal = jnp.sum(c) - jnp.sum(jnp.diagonal(c))
   return off_diagonal / (n * (n - 1))

@@ -26,6 +26,8 @@ import numpy as np
 import optax
 
 from ko_optax import _checks
+from ko_optax import _leafwise
+from ko_optax import _numerics
 from ko_optax import particles as particles_lib
 
 
@@ -49,11 +51,6 @@ def _check_inexact(g: jax.Array, path: str) -> None:
     )
 
 
-def _is_explicitly_sharded(x: jax.Array) -> bool:
-  mesh = getattr(jax.typeof(x).sharding, 'mesh', None)
-  return mesh is not None and not mesh.empty and bool(mesh.explicit_axes)
-
-
 def _noisy(leaves: list[jax.Array], key: jax.Array,
            scale: jax.Array) -> list[jax.Array]:
   """``g + scale * xi`` for every leaf, computed in at least float32.
@@ -72,7 +69,7 @@ def _noisy(leaves: list[jax.Array], key: jax.Array,
   noise: list[Any] = [None] * len(leaves)
   groups: dict[Any, list[int]] = {}
   for i, g in enumerate(leaves):
-    if _is_explicitly_sharded(g):
+    if _numerics.explicit_mesh(g) is not None:
       noise[i] = jax.random.normal(keys[i], g.shape, dtypes[i],
                                    out_sharding=jax.typeof(g).sharding)
     else:
@@ -94,11 +91,15 @@ def _noisy(leaves: list[jax.Array], key: jax.Array,
   return [kick(g, d, xi) for g, d, xi in zip(leaves, dtypes, noise)]
 
 
-# Called outside any trace, an update draws its noise with this compiled
-# twin of _noisy (one compile per tree layout, cached by jax) instead of
-# operation by operation; under the caller's jit, vmap or grad _noisy is
-# traced into the caller's program, unchanged.
-_noisy_jit = jax.jit(_noisy)
+_noisy_compiled = _leafwise.compiled_when_eager(_noisy)
+
+
+def _noise_scale(temperature: Any) -> jax.Array:
+  """``sqrt(2 T)``, NaN for a bad temperature (docs/method.md, "Bad
+  values")."""
+  bad = _checks.bad_rate(temperature)
+  return jnp.where(bad, jnp.nan,
+                   jnp.sqrt(2.0 * jnp.asarray(temperature, jnp.float32)))
 
 
 def thermal_diffusion(
@@ -145,9 +146,7 @@ def thermal_diffusion(
   _checks.check_finite('temperature', temperature)
 
   def init_fn(params: optax.Params) -> ThermalDiffusionState:
-    return ThermalDiffusionState(
-        count=jnp.zeros([], jnp.int32),
-        key=_checks.tree_key(_checks.canonicalize_key(key), params))
+    return _leafwise.init_state(ThermalDiffusionState, key, params)
 
   def update_fn(
       updates: optax.Updates,
@@ -157,43 +156,15 @@ def thermal_diffusion(
   ) -> tuple[optax.Updates, ThermalDiffusionState]:
     del params, extra_args
     state = cast(ThermalDiffusionState, state)  # what init_fn returned
-    t = temperature(state.count) if callable(temperature) else temperature
-    _checks.check_scalar('temperature', t, schedule=False)
-    concrete, raw = _checks.is_concrete(t), t
-    t = jnp.asarray(t, jnp.float32)
-    # A bad temperature gives NaN noise (docs/method.md, "Bad values").
-    scale = jnp.where(_checks.bad_rate(raw if concrete else t), jnp.nan,
-                      jnp.sqrt(2.0 * t))
+    t = _leafwise.scheduled('temperature', temperature, state.count)
+    tree = _leafwise.Leaves.of(updates,
+                               particles_lib.mask_leaves(mask, updates))
+    for i in tree.active:
+      _check_inexact(tree.leaves[i], tree.paths[i])
+    leaves = tree.selected()
     next_key, step_key = jax.random.split(state.key)
-    leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(updates)
-    leaves = [leaf for _, leaf in leaves_with_path]
-    keep = particles_lib.mask_leaves(mask, updates)
-    active = [i for i, m in enumerate(keep) if m]
-    for i in active:
-      _check_inexact(leaves[i], jax.tree_util.keystr(leaves_with_path[i][0]))
-
-    active_leaves = [leaves[i] for i in active]
-    traced = _checks.is_traced(active_leaves, state, scale)
-
-    def diffuse(scale: jax.Array) -> list[jax.Array]:
-      return (_noisy if traced else _noisy_jit)(active_leaves, step_key,
-                                                scale)
-
-    if concrete:
-      noisy = (diffuse(scale) if np.any(np.asarray(raw) != 0)
-               else [leaves[i] for i in active])
-    else:
-      # A traced temperature may be 0: then draw nothing and return the
-      # updates untouched, bit for bit. NaN != 0: a bad one gives NaN.
-      noisy = jax.lax.cond(t != 0, diffuse,
-                           lambda scale: [leaves[i] for i in active], scale)
-    new_leaves = list(leaves)
-    for i, new in zip(active, noisy):
-      new_leaves[i] = new
-    # safe_increment is annotated ArrayLike; it returns an array for one.
-    new_state = ThermalDiffusionState(
-        count=cast(chex.Array, optax.safe_increment(state.count)),
-        key=next_key)
-    return jax.tree.unflatten(treedef, new_leaves), new_state
+    noisy = _leafwise.unless_zero(t, lambda t: _noisy_compiled(
+        leaves, step_key, _noise_scale(t)), leaves)
+    return tree.splice(noisy), _leafwise.next_state(state, next_key)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -17,6 +17,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from ko_optax import _backend
+
 
 def _is_key(x: Any) -> bool:
   return isinstance(x, jax.Array) and jnp.issubdtype(
@@ -54,14 +56,14 @@ def draw_layout() -> contextlib.AbstractContextManager[Any]:
   On CPU, JAX's original layout (``jax.threefry_partitionable(False)``),
   which keeps both output words of every threefry block: half the hashing
   of the partitionable layout (JAX's default), which hashes one counter per
-  word and XORs the two outputs, and on XLA:CPU 3-5x faster than it (2.5 M
-  words: 5 ms against 15-27 ms on a 2-core CPU; docs/benchmarks.md).
+  word and XORs the two outputs, and on XLA:CPU several times faster
+  (docs/benchmarks.md).
   Elsewhere the partitionable layout is kept, so that on a sharded
   accelerator mesh XLA can shard the draw. The numbers depend on the
   layout, not on the sharding: one backend draws the same numbers sharded
   or not. Keys of other PRNG implementations ('rbg') are not
   affected.
   """
-  if jax.default_backend() == 'cpu':
+  if _backend.original_threefry_layout():
     return jax.threefry_partitionable(False)
   return contextlib.nullcontext()

@@ -1,17 +1,17 @@
 """Cutting leaves back out of a collision group, compiled once per shape.
 
-KO collides the leaves of a tree in groups (:func:`ko_optax.collision.
-plan_groups`): the particle systems of equal-shape leaves are stacked along
-a leading axis, collided by one batched call, and the result is cut back
-into the leaves. How that cut is written decides how many kernels XLA
-compiles, which on a deep model is most of KO's compile time.
+KO collides the leaves of a tree in groups
+(:func:`ko_optax.collision.grouping.plan_groups`): the particle systems of
+equal-shape leaves are stacked along a leading axis, collided by one batched
+call, and the result is cut back into the leaves. How that cut is written
+decides how many kernels XLA compiles, which on a deep model is most of KO's
+compile time.
 
 A slice at a constant offset is fused by XLA into every consumer of the
 leaf: the base optimizer's per-leaf kernels (Adam's two moments and its
 update), identical for every leaf of a shape and compiled once otherwise,
-then carry the offset and are compiled once per leaf (on XLA:CPU about
-10 ms of LLVM time each: a 12-block GPT's KO-hard step had 296 distinct
-kernels against Adam's 30). Two remedies, both exact:
+then carry the offset and are compiled once per leaf (docs/method.md). Two
+remedies, both exact:
 
 * :func:`run_time_offsets` (CPU, unsharded groups): the offsets become
   run-time values, so the cut is a ``dynamic_slice`` whose kernel, fused
@@ -45,8 +45,8 @@ def materialized(leaf: jax.Array, one: jax.Array) -> jax.Array:
 
   XLA does not copy a division into several consumers: the cut leaf is
   computed once, by one small kernel of its own, and the base optimizer's
-  kernels after it stay shared between equal-shape leaves (230 distinct
-  kernels on a 12-block GPT instead of 296; docs/method.md). Dividing by 1
+  kernels after it stay shared between equal-shape leaves (docs/method.md).
+  Dividing by 1
   returns every normal number, zero, infinity and NaN as it is; subnormals
   (below ~1.2e-38 in float32) become 0 where the backend flushes them, as
   XLA:CPU does in any arithmetic (the base optimizer's first multiply would
@@ -77,13 +77,6 @@ def _opaque_vmap(axis_size: int, in_batched: Any, one: jax.Array,
   return _opaque(one[0] if one_batched else one, values), values_batched
 
 
-def use_run_time_offsets() -> bool:
-  """Whether unsharded groups are cut at :func:`run_time_offsets`: on CPU,
-  where a conditional costs microseconds. Elsewhere the cut leaves are
-  :func:`materialized`."""
-  return jax.default_backend() == 'cpu'
-
-
 def run_time_offsets(starts: Sequence[int], one: jax.Array
                      ) -> tuple[jax.Array, ...]:
   """The int32 scalars ``starts``, as run-time values XLA cannot fold.
@@ -94,8 +87,8 @@ def run_time_offsets(starts: Sequence[int], one: jax.Array
   the kernels of cuts at different offsets are one and the same. On
   XLA:CPU the conditional costs a few microseconds; on an accelerator a
   conditional may wait for its predicate on the host, so
-  :func:`ko_optax.collision.collide_groups` uses this on CPU only
-  (:func:`use_run_time_offsets`).
+  :func:`ko_optax.collision.grouping.collide_groups` uses this on CPU only
+  (:func:`ko_optax._backend.cut_at_run_time_offsets`).
 
   Args:
     starts: the offsets, Python ints (at least two, or the two branches

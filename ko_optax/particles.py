@@ -208,17 +208,13 @@ def path_names(path: Sequence[Any]) -> tuple[str, ...]:
   """The names along a pytree path, without nnx's ``.value`` accessors."""
   names = []
   for entry in path:
-    if isinstance(entry, jax.tree_util.DictKey):
-      names.append(str(entry.key))
-    elif isinstance(entry, jax.tree_util.GetAttrKey):
+    if isinstance(entry, jax.tree_util.GetAttrKey):
       if entry.name not in ('value', 'raw_value'):
         names.append(entry.name)
     elif isinstance(entry, jax.tree_util.SequenceKey):
       names.append(str(entry.idx))
-    elif isinstance(entry, jax.tree_util.FlattenedIndexKey):
-      names.append(str(entry.key))
-    else:
-      names.append(str(entry))
+    else:   # DictKey and FlattenedIndexKey name their key
+      names.append(str(getattr(entry, 'key', entry)))
   return tuple(names)
 
 
@@ -405,8 +401,7 @@ def resolve_particle_axes(
 
 def particle_shape(shape: tuple[int, ...],
                    spec: ParticleSpec) -> tuple[int, int, int]:
-  """Returns ``(B, D, N)``: systems, particle dimension, particles per system.
-  """
+  """``(B, D, N)``: systems, particle dimension, particles per system."""
   particle_axes, batch_axes = normalized_axes(spec)
   b = math.prod(shape[a] for a in batch_axes)
   n = math.prod(shape[a] for a in particle_axes)

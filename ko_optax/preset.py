@@ -26,9 +26,9 @@ import optax
 
 from ko_optax import _checks
 from ko_optax import advection
-from ko_optax import collision as collision_lib
 from ko_optax import diffusion
 from ko_optax import particles as particles_lib
+from ko_optax.collision import transform as collision_lib
 
 COLLISIONS = ('soft', 'hard', None)
 COLLIDE_ON = ('gradient', 'velocity')
@@ -40,6 +40,56 @@ def _is_python_zero(value: Any) -> bool:
   # both.
   return isinstance(value, (int, float)) and not isinstance(
       value, bool) and value == 0
+
+
+def _check_arguments(collision: Any, collide_on: Any, normalization: Any,
+                     *numbers: Any) -> None:
+  """Checks :func:`ko`'s choices and numbers, whatever the mode, so that a
+  bad value is reported by name at construction, not inside update
+  (docs/method.md, "Bad values")."""
+  (learning_rate, collision_rate, temperature, weight_decay, threshold,
+   length_scale) = numbers
+  _checks.check_choice('collision', collision, COLLISIONS)
+  _checks.check_choice('collide_on', collide_on, COLLIDE_ON)
+  for name, value in (('learning_rate', learning_rate),
+                      ('collision_rate', collision_rate),
+                      ('temperature', temperature),
+                      ('weight_decay', weight_decay)):
+    _checks.check_non_negative(name, value)
+  _checks.check_finite('collision_rate', collision_rate)
+  _checks.check_finite('temperature', temperature)
+  collision_lib.check_options(threshold, length_scale)
+  if collision is None:
+    if normalization != 'norm':
+      _checks.warn_ineffective('normalization', normalization,
+                               'collision is None', stacklevel=3)
+    if collide_on != 'gradient':
+      _checks.warn_ineffective('collide_on', collide_on, 'collision is None',
+                               stacklevel=3)
+
+
+def _check_unused_collision(normalization: Any, cell_size: Any,
+                            cell_groups: Any) -> None:
+  """Checks the collision's options when no collision step is built."""
+  _checks.check_choice('normalization', normalization,
+                       collision_lib.NORMALIZATIONS)
+  _checks.check_positive_int_or_none('cell_size', cell_size)
+  if cell_groups is not None and cell_size is None:
+    _checks.warn_ineffective(
+        'cell_groups', cell_groups, 'it splits collision cells, and '
+        'cell_size is None (all pairs collide)', stacklevel=3)
+
+
+def _warn_if_unstable(collision: str, base: Any) -> None:
+  """Warns about collisions of the velocity that Adam cannot take."""
+  if collision != 'hard' or not (isinstance(base, str) and base == 'adam'):
+    return
+  warnings.warn(
+      "ko(collision='hard', collide_on='velocity', base='adam') is "
+      "unstable: scattering Adam's first moment gives it components where "
+      'the second moment is ~0, and m / sqrt(v) explodes '
+      "(docs/benchmarks.md). Use collide_on='gradient', collision='soft' or "
+      "base='sgd'.", stacklevel=4)
 
 
 def ko(
@@ -152,25 +202,9 @@ def ko(
     Feng, Huang, Fu, Wang, Yan, `KO: Kinetics-inspired Neural Optimizer with
     PDE Simulation Approaches <https://arxiv.org/abs/2505.14777>`_, 2025.
   """
-  _checks.check_choice('collision', collision, COLLISIONS)
-  _checks.check_choice('collide_on', collide_on, COLLIDE_ON)
-  # Every number is checked here, whatever the mode: a bad value is
-  # reported by name at construction, not inside update (docs/method.md,
-  # "Bad values").
-  for name, value in (('learning_rate', learning_rate),
-                      ('collision_rate', collision_rate),
-                      ('temperature', temperature),
-                      ('weight_decay', weight_decay)):
-    _checks.check_non_negative(name, value)
-  _checks.check_finite('collision_rate', collision_rate)
-  _checks.check_finite('temperature', temperature)
-  collision_lib.check_options(threshold, length_scale)
-  if collision is None:
-    if normalization != 'norm':
-      _checks.warn_ineffective('normalization', normalization,
-                               'collision is None')
-    if collide_on != 'gradient':
-      _checks.warn_ineffective('collide_on', collide_on, 'collision is None')
+  _check_arguments(collision, collide_on, normalization, learning_rate,
+                   collision_rate, temperature, weight_decay, threshold,
+                   length_scale)
   steps: list[optax.GradientTransformation] = []
   collide = collision is not None and not _is_python_zero(collision_rate)
   diffuse = not _is_python_zero(temperature)
@@ -188,22 +222,9 @@ def ko(
       steps.append(collision_step)
     else:
       collide_velocity = collision_step
-      if collision == 'hard' and base == 'adam':
-        warnings.warn(
-            "ko(collision='hard', collide_on='velocity', base='adam') is "
-            "unstable: scattering Adam's first moment gives it components "
-            'where the second moment is ~0, and m / sqrt(v) explodes (by '
-            '5e7 x lr within 10 steps on an MLP, docs/benchmarks.md). Use '
-            "collide_on='gradient', collision='soft' or base='sgd'.",
-            stacklevel=2)
+      _warn_if_unstable(collision, base)
   else:
-    _checks.check_choice('normalization', normalization,
-                         collision_lib.NORMALIZATIONS)
-    _checks.check_positive_int_or_none('cell_size', cell_size)
-    if cell_groups is not None and cell_size is None:
-      _checks.warn_ineffective(
-          'cell_groups', cell_groups, 'it splits collision cells, and '
-          'cell_size is None (all pairs collide)')
+    _check_unused_collision(normalization, cell_size, cell_groups)
   if diffuse:
     steps.append(diffusion.thermal_diffusion(
         temperature, key=jax.random.fold_in(root, 1), mask=mask))

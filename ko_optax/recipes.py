@@ -1,8 +1,7 @@
 """Recipes: KO as its authors configure it, in one call.
 
 The only public code of KO is its first author's nanoGPT training script.
-Its optimizer step, checked against that code (../shared/METHOD.md, "What the
-authors' training script does"), is::
+Its optimizer step, checked against that code, is::
 
     optax.chain(
         optax.clip_by_global_norm(1.0),
@@ -38,9 +37,9 @@ import jax.numpy as jnp
 import optax
 
 from ko_optax import _checks
-from ko_optax import collision as collision_lib
 from ko_optax import diffusion
 from ko_optax import particles as particles_lib
+from ko_optax.collision import transform as collision_lib
 
 _NUMBERED = re.compile(r'^(?P<stem>.+)_(?P<index>\d+)$')
 _NOT_KERNELS = ('bias', 'scale', 'embed')

@@ -1,4 +1,4 @@
-"""Plain float64 NumPy references of KO's formulas, written from METHOD.md.
+"""Plain float64 NumPy references of KO's formulas, written from the paper.
 
 They use the (N, D) row layout of the paper (one particle per row), not the
 library's (D, N) column layout, so they also check the library's reshapes.
@@ -25,7 +25,7 @@ def unit_rows(x):
 
 def soft_collision(w, g, rate, threshold=0.0, include_self=False,
                    normalization=None, axis=-1):
-  """g_new = g - rate * S @ g on (N, D) rows, with S as in METHOD.md."""
+  """g_new = g - rate * S @ g on (N, D) rows, with S as in the paper."""
   shape = np.shape(g)
   W, G = particles(w, axis), particles(g, axis)
   wh, gh = unit_rows(W), unit_rows(G)

@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 
 import ko_optax
+from ko_optax import _backend
 from ko_optax import cells
-from ko_optax import collision
+from ko_optax.collision import hard
+from ko_optax.collision import soft
 
 
 def _random(shape, seed):
@@ -20,11 +22,11 @@ def _random(shape, seed):
 
 def _soft(w, g, k, rate=0.3):
   del k
-  return collision.soft_collision(w, g, rate)
+  return soft.soft_collision(w, g, rate)
 
 
 def _hard(w, g, k, rate=0.7):
-  return collision.hard_collision_pairs(w, g, rate, k, length_scale=20.0)
+  return hard.collide_adjacent_pairs(w, g, rate, k, length_scale=20.0)
 
 
 _cells = jax.jit(cells.collide_in_cells,
@@ -295,7 +297,7 @@ def test_batched_cells_match_the_cell_loop(monkeypatch):
   fn = functools.partial(cells.collide_in_cells, collide=_soft, cell_size=6,
                          groups=2)
   loop = jax.jit(fn)(w, g, jax.random.key(7))
-  monkeypatch.setattr(cells, '_loop_over_cells', lambda: False)
+  monkeypatch.setattr(_backend, 'loop_over_cells', lambda: False)
   batched = jax.jit(fn)(w, g, jax.random.key(7))
   np.testing.assert_allclose(batched, loop, rtol=1e-6, atol=1e-6)
 

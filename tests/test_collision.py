@@ -13,6 +13,7 @@ import optax
 import pytest
 
 import ko_optax
+from ko_optax import _random as random_lib
 from ko_optax import collision
 import reference
 
@@ -151,10 +152,9 @@ def hard_step():
     kw, kg = jax.random.split(jax.random.key(123))
     w = jax.random.normal(kw, (d, n))
     g = jax.random.normal(kg, (d, n))
-    bits = collision.random_words(
-        key, (collision.pair_words(n, d, pairing=True),))
-    order = collision.pair_randomness(bits, n, d, pairing=True,
-                                      dtype=g.dtype)[0]
+    systems = [random_lib.Systems(1, n, d)]
+    bits = random_lib.random_words(key, (random_lib.hard_words(systems),))
+    order = random_lib.hard_draws(bits, systems)[0].order[0]
     new = collision.hard_collision(w, g, rate, key, length_scale=20.0)
     return w, g, new, order
   return step

@@ -5,8 +5,10 @@ import importlib
 
 import pytest
 
-MODULES = ['ko_optax.advection', 'ko_optax.collision', 'ko_optax.diffusion',
-           'ko_optax.diagnostics', 'ko_optax.keys', 'ko_optax.preset']
+MODULES = ['ko_optax.advection', 'ko_optax.collision.hard',
+           'ko_optax.collision.soft', 'ko_optax.collision.transform',
+           'ko_optax.diffusion', 'ko_optax.diagnostics', 'ko_optax.keys',
+           'ko_optax.preset']
 
 
 @pytest.mark.parametrize('name', MODULES)

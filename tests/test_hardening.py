@@ -14,7 +14,7 @@ import optax
 import pytest
 
 import ko_optax
-from ko_optax import collision
+from ko_optax.collision import hard as hard_lib
 
 N, D = 6, 5
 
@@ -92,7 +92,7 @@ def test_no_overflow_near_the_dtype_maximum():
     order = jnp.arange(N)
     u = jnp.zeros(N // 2)                 # every pair collides
     directions = jnp.ones((N // 2, D)) / np.sqrt(D)   # rows
-    hard = collision._hard_collision_paired(  # pylint: disable=protected-access
+    hard = hard_lib.collide_in_pairing(
         w, g, 1.0, order, u, directions, order,  # identity: its own inverse
         length_scale=1e30)
     return soft, hard

@@ -2,11 +2,11 @@
 
 * ``collision.hard_collision`` (one random-bits draw, row gathers, no
   scatter) against a NumPy loop over the pairs that uses the same random
-  numbers (``collision.pair_randomness``);
+  numbers (``_random.hard_draws``);
 * ``stochastic_collision`` collides leaves of equal particle shape in one
   batched call: the result equals colliding each particle system alone with
   its own share of the step's random numbers
-  (``collision.system_randomness``), for soft, hard and cells;
+  (``grouping.group_randomness``), for soft, hard and cells;
 * the compiled step holds one random-number draw, whatever the number of
   leaves and shapes.
 """
@@ -20,10 +20,14 @@ import numpy as np
 import pytest
 
 import ko_optax
+from ko_optax import _backend
+from ko_optax import _random
 from ko_optax import collision
 from ko_optax import keys
 from ko_optax import leaf_cuts
 from ko_optax import particles
+from ko_optax.collision import grouping
+from ko_optax.collision import hard
 
 
 def _numpy_hard(w, g, rate, order, u, directions, length_scale=20.0):
@@ -48,9 +52,10 @@ def _numpy_hard(w, g, rate, order, u, directions, length_scale=20.0):
 @pytest.mark.parametrize('d, n', [(5, 8), (7, 9), (3, 1), (4, 2)])
 def test_hard_collision_equals_the_numpy_loop(d, n):
   fast_fn = jax.jit(collision.hard_collision)
-  draw = jax.jit(lambda k: collision.pair_randomness(
-      collision.random_words(k, (collision.pair_words(n, d, pairing=True),)),
-      n, d, pairing=True, dtype=jnp.float32))
+  systems = [_random.Systems(1, n, d)]
+  draw = jax.jit(lambda k: jax.tree.map(
+      lambda x: x[0], _random.hard_draws(_random.random_words(
+          k, (_random.hard_words(systems),)), systems)[0][:3]))
   for rate in (0.0, 0.3, 5.0):
     for seed in range(3):
       kw, kg, k = jax.random.split(jax.random.key(seed), 3)
@@ -61,6 +66,7 @@ def test_hard_collision_equals_the_numpy_loop(d, n):
         np.testing.assert_array_equal(fast, g)
         continue
       order, u, directions = map(np.asarray, draw(k))
+      directions = directions.T                    # rows -> columns
       assert sorted(order) == list(range(n))       # a permutation
       plain = _numpy_hard(w, g, rate, order, u, directions)
       np.testing.assert_allclose(fast, plain, rtol=1e-5, atol=1e-6)
@@ -77,11 +83,11 @@ def test_pairs_as_rows_collide_as_pairs_as_columns():
     d, m = 7, 9
     w_i, w_j, g_i, g_j = (jax.random.normal(x, (2, d, m)) for x in k[:4])
     u = jax.random.uniform(k[4], (2, m))
-    directions = collision.unit_directions(
+    directions = _random.unit_directions(
         jax.random.bits(k[5], (2, d, m), jnp.uint32), jnp.float32)
-    cols = collision.collide_pairs(w_i, w_j, g_i, g_j, 3.0, u, directions,
+    cols = hard.collide_pairs(w_i, w_j, g_i, g_j, 3.0, u, directions,
                                    length_scale=4.0)
-    by_rows = collision.collide_pairs(
+    by_rows = hard.collide_pairs(
         rows(w_i), rows(w_j), rows(g_i), rows(g_j), 3.0, u,
         rows(directions), length_scale=4.0, axis=-1)
     return g_i, cols, by_rows
@@ -97,11 +103,10 @@ def test_hard_collision_pairs_equals_the_numpy_loop():
   kw, kg, k = jax.random.split(jax.random.key(7), 3)
   w = jax.random.normal(kw, (2, d, n))
   g = jax.random.normal(kg, (2, d, n))
-  new = np.asarray(jax.jit(collision.hard_collision_pairs)(w, g, 3.0, k))
-  bits = collision.random_words(
-      k, (2, collision.pair_words(n, d, pairing=False)))
-  _, u, directions = map(np.asarray, collision.pair_randomness(
-      bits, n, d, pairing=False, dtype=jnp.float32))
+  new = np.asarray(jax.jit(hard.collide_adjacent_pairs)(w, g, 3.0, k))
+  bits = _random.random_words(k, (2, _random.pair_words(n, d)))
+  u, directions = map(np.asarray, _random.pair_draws(bits, n, d,
+                                                     jnp.float32))
   for b in range(2):   # each leading block is its own gas
     plain = _numpy_hard(w[b], g[b], 3.0, np.arange(n), u[b], directions[b])
     np.testing.assert_allclose(new[b], plain, rtol=1e-5, atol=1e-6)
@@ -126,22 +131,22 @@ def test_random_words_are_cut_from_a_draw_of_whole_blocks_of_16(shape):
   key = jax.random.key(11)
   size = int(np.prod(shape))
   padded = -(-size // 16) * 16
-  words = collision.random_words(key, shape)
+  words = _random.random_words(key, shape)
   assert words.shape == shape and words.dtype == jnp.uint32
   with keys.draw_layout():
     whole = jax.random.bits(key, (padded,), jnp.uint32)
   np.testing.assert_array_equal(words, np.asarray(whole)[:size].reshape(shape))
-  jaxpr = jax.make_jaxpr(lambda k: collision.random_words(k, shape))(key)
+  jaxpr = jax.make_jaxpr(lambda k: _random.random_words(k, shape))(key)
   assert _random_bits_shapes(jaxpr.jaxpr) == [(padded,)]
 
 
 def test_unit_directions_are_isotropic():
   bits = jax.random.bits(jax.random.key(3), (3, 4000), jnp.uint32)
-  u = np.asarray(collision.unit_directions(bits, jnp.float32)).T
+  u = np.asarray(_random.unit_directions(bits, jnp.float32)).T
   np.testing.assert_allclose(np.linalg.norm(u, axis=1), 1.0, rtol=1e-5)
   np.testing.assert_allclose(u.mean(0), 0.0, atol=0.06)
   np.testing.assert_allclose((u ** 2).mean(0), 1.0 / 3, atol=0.03)
-  z = np.asarray(collision.normal_from_bits(
+  z = np.asarray(_random.normal_from_bits(
       jax.random.bits(jax.random.key(4), (20000,), jnp.uint32), jnp.float32))
   assert np.all(np.isfinite(z))
   assert abs(z.mean()) < 0.03 and abs(z.std() - 1.0) < 0.03
@@ -195,14 +200,14 @@ def test_grouped_collision_equals_each_system_alone(options):
               normalization=None, length_scale=20.0, cell_size=None,
               cell_groups=1)
   full.update(options)
-  groups = collision.plan_groups([leaves[i] for i in active],
+  groups = grouping.plan_groups([leaves[i] for i in active],
                                  [specs[i] for i in active],
                                  full['cell_size'], full['cell_groups'])
   assert len(groups) < len(active)
-  randomness = collision.group_randomness(
+  randomness = grouping.group_randomness(
       step_key, groups, mode=full['mode'], cell_size=full['cell_size'],
       cell_groups=full['cell_groups'])
-  alone = jax.jit(lambda w, g, r: collision._collide_system(
+  alone = jax.jit(lambda w, g, r: grouping._collide_system(
       w, g, jnp.float32(2.0), r, **full))
   expected = list(leaves)
   for group, rand in zip(groups, randomness):
@@ -222,7 +227,7 @@ def test_grouped_collision_equals_each_system_alone(options):
   np.testing.assert_array_equal(grouped['f'], GRADS['f'])
   # The stacked path itself (what the transformation runs for the soft
   # collision on GPU and TPU; on CPU it collides leaf by leaf).
-  stacked = jax.jit(lambda w, g, r: collision.collide_groups(
+  stacked = jax.jit(lambda w, g, r: grouping.collide_groups(
       w, g, [specs[i] for i in active], groups, r, 2.0,
       **full))(
           [params[i] for i in active], [leaves[i] for i in active],
@@ -257,7 +262,7 @@ def test_groups_of_one_n_merge_only_while_padding_is_cheap():
   def groups(shapes, **cells):
     leaves = [jnp.zeros(s) for s in shapes]
     specs = [particles.normalize_spec(-1, s) for s in shapes]
-    return [(g.d, g.n, g.members) for g in collision.plan_groups(
+    return [(g.d, g.n, g.members) for g in grouping.plan_groups(
         leaves, specs, **cells)]
   # ResNet-like: one stem conv (D=27) and four 3x3 convs (D=144) of N=16.
   resnet = [(3, 3, 3, 16)] + [(3, 3, 16, 16)] * 4
@@ -301,11 +306,11 @@ def test_base_optimizer_kernels_stay_shared_between_equal_leaves(
   odd = jnp.array([jnp.inf, -jnp.inf, 0.0, -0.0, 3e38, 1.2e-38])
   np.testing.assert_array_equal(leaf_cuts.materialized(odd, one), odd)
   assert bool(jnp.isnan(leaf_cuts.materialized(jnp.float32(jnp.nan), one)))
-  assert leaf_cuts.use_run_time_offsets()             # the CPU default
+  assert _backend.cut_at_run_time_offsets()             # the CPU default
   (few, _), (many, updates) = build(2), build(5)
   assert many - few <= 2, (few, many)
   extra_leaves = 2 * (5 - 2)                     # w and v collide
-  monkeypatch.setattr(leaf_cuts, 'use_run_time_offsets', lambda: False)
+  monkeypatch.setattr(_backend, 'cut_at_run_time_offsets', lambda: False)
   (few_div, _), (many_div, divided) = build(2), build(5)
   assert many_div - few_div <= extra_leaves + 2, (few_div, many_div)
   # The static cut alone lets Adam's kernels multiply with the leaves.
@@ -350,8 +355,8 @@ def test_group_randomness_inverse_undoes_the_pairing():
   # particles), so check it, and the collision, against NumPy's argsort.
   leaves = [GRADS['a'], GRADS['b']]             # one group of two
   specs = [particles.normalize_spec(-1, x.shape) for x in leaves]
-  groups = collision.plan_groups(leaves, specs)
-  for group, rand in zip(groups, collision.group_randomness(
+  groups = grouping.plan_groups(leaves, specs)
+  for group, rand in zip(groups, grouping.group_randomness(
       jax.random.key(4), groups, mode='hard')):
     order, u, directions, inverse = rand
     n = group.n
@@ -359,7 +364,7 @@ def test_group_randomness_inverse_undoes_the_pairing():
       np.testing.assert_array_equal(order[b][inverse[b]], np.arange(n))
     w = jax.random.normal(jax.random.key(5), (group.d, n))
     g = jax.random.normal(jax.random.key(6), (group.d, n))
-    run = jax.jit(lambda w, g, o, u, d, inv: collision._hard_collision_paired(
+    run = jax.jit(lambda w, g, o, u, d, inv: hard.collide_in_pairing(
         w, g, jnp.float32(3.0), o, u, d, inv, length_scale=20.0))
     share = (w, g, order[0], u[0], directions[0])
     np.testing.assert_array_equal(
