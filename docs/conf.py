@@ -201,7 +201,7 @@ def _lookup(dotted: str):
 def resolve_existing(app, env, node, contnode):
   """Resolves a docstring reference to an existing, unlisted ko_optax object.
 
-  Docstrings name module helpers (``:func:`collision_probability```) that are
+  Docstrings name module helpers (``:func:`acceptance```) that are
   real but not on the reference page, and signatures name the defining module
   (``ko_optax.particles.ParticleSpec``) of an object listed as
   ``ko_optax.ParticleSpec``. The first is shown as code without a link, the

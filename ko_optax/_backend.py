@@ -1,7 +1,7 @@
 """The choices KO makes per backend: XLA:CPU wants some steps run differently.
 
 Every "is this CPU?" decision of the library lives here, each with the reason
-it is taken; the measurements behind them are in docs/benchmarks.md.
+it is taken; the measurements behind them are in docs/design/.
 """
 
 from __future__ import annotations

@@ -57,7 +57,7 @@ def draw_layout() -> contextlib.AbstractContextManager[Any]:
   which keeps both output words of every threefry block: half the hashing
   of the partitionable layout (JAX's default), which hashes one counter per
   word and XORs the two outputs, and on XLA:CPU several times faster
-  (docs/benchmarks.md).
+  (docs/design/implementation.md).
   Elsewhere the partitionable layout is kept, so that on a sharded
   accelerator mesh XLA can shard the draw. The numbers depend on the
   layout, not on the sharding: one backend draws the same numbers sharded

@@ -166,8 +166,9 @@ def ko(
       or unlike the particles are; ``'similarity'`` divides the plain sum
       by ``max(1, sum_j |S_ij|)``, so the push grows with similarity and
       is bounded; None is the paper's plain sum,
-      which reverses and amplifies the gradient of condensed layers once
-      ``rate * (N - 1) > 2`` (docs/benchmarks.md); ``'mean'`` divides it by
+      which reverses the gradient of condensed layers once
+      ``rate * (N - 1) > 1``, and amplifies it past 2 (docs/method.md);
+      ``'mean'`` divides it by
       ``N - 1``. ``stochastic_collision`` keeps the paper's None default.
     threshold, include_self, length_scale, cell_size, cell_groups: the
       collision's options; see :func:`ko_optax.stochastic_collision`.

@@ -33,7 +33,7 @@ PARTS=${PARTS:-cost,scaling,accuracy,compile}
 part_cost() {
 timeout 300 $PY examples/benchmarks/cost/cost_benchmark.py \
   --models resnet18,transformer,mlp512,cnn --repeats 50 --warmup 5 \
-  --tag gpu --with-v1 --out "$OUT" 2>&1 | tee "$OUT/cost_gpu.txt"
+  --tag gpu --out "$OUT" 2>&1 | tee "$OUT/cost_gpu.txt"
 }
 
 # 2. Scaling of one leaf with N and D.

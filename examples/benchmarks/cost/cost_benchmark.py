@@ -17,7 +17,6 @@ timed beside them. The compiled programs' temporary memory (XLA's
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 import time
@@ -34,7 +33,6 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
 from ko_examples import models as models_lib
 from ko_examples import timing
 import ko_optax
-from ko_optax import collision as collision_lib
 
 RESULTS = os.path.abspath(os.path.join(os.path.dirname(
     os.path.abspath(__file__)), '..', 'results'))
@@ -68,37 +66,17 @@ def model_zoo():
   return zoo
 
 
-def optimizers(lr=1e-3, with_v1=False):
-  out = {
+def optimizers(lr=1e-3):
+  return {
       'adam': optax.adam(lr),
       'sgd': optax.sgd(lr, momentum=0.9),
       'muon': optax.contrib.muon(lr),
       'ko_soft': ko_optax.ko(lr, collision='soft'),
       'ko_hard': ko_optax.ko(lr, collision='hard'),
   }
-  if with_v1:
-    # The first hard collision (column gathers, directions for every pair),
-    # traced with the old function patched in: see profile_hard.py.
-    out['ko_hard_v1'] = ko_optax.ko(lr, collision='hard')
-  return out
 
 
-@contextlib.contextmanager
-def first_hard_collision(active):
-  """Traces KO-hard with the first (column-gather) hard collision."""
-  if not active:
-    yield
-    return
-  import profile_hard  # pylint: disable=g-import-not-at-top
-  saved = collision_lib.hard_collision
-  collision_lib.hard_collision = profile_hard.hard_collision_columns
-  try:
-    yield
-  finally:
-    collision_lib.hard_collision = saved
-
-
-def bench_model(name, repeats, warmup, which, with_v1=False):
+def bench_model(name, repeats, warmup, which):
   model, x, classes = model_zoo()[name]
   x = jnp.asarray(x)
   y = jnp.asarray(np.arange(x.shape[0]) % classes)
@@ -111,9 +89,7 @@ def bench_model(name, repeats, warmup, which, with_v1=False):
 
   grads = jax.grad(loss_fn)(params)
   thunks, memory = {}, {}
-  for opt_name, tx in optimizers(with_v1=with_v1).items():
-    v1 = contextlib.ExitStack()
-    v1.enter_context(first_hard_collision(opt_name == 'ko_hard_v1'))
+  for opt_name, tx in optimizers().items():
     state = tx.init(params)
 
     def opt_step(p, s, g, tx=tx):
@@ -134,7 +110,6 @@ def bench_model(name, repeats, warmup, which, with_v1=False):
       c = jax.jit(train_step).lower(params, state).compile()
       thunks[(opt_name, 'train')] = (lambda c=c, s=state: c(params, s))
       memory[(opt_name, 'train')] = _temp_bytes(c)
-    v1.close()
   times = timing.interleaved_medians(thunks, repeats=repeats, warmup=warmup)
   rows = []
   for (opt_name, kind), t in times.items():
@@ -161,8 +136,6 @@ def main():
   ap.add_argument('--warmup', type=int, default=3)
   ap.add_argument('--out', default=RESULTS)
   ap.add_argument('--tag', default='cpu')
-  ap.add_argument('--with-v1', action='store_true',
-                  help='also time the first hard collision (ko_hard_v1)')
   a = ap.parse_args()
   info = timing.machine()
   print(f'# {info}')
@@ -170,8 +143,7 @@ def main():
   path = os.path.join(a.out, f'cost_{a.tag}.json')
   for name in a.models.split(','):
     t0 = time.time()
-    new = bench_model(name, a.repeats, a.warmup, a.steps.split(','),
-                      a.with_v1)
+    new = bench_model(name, a.repeats, a.warmup, a.steps.split(','))
     rows += new
     peak = timing.peak_memory_bytes()
     for r in new:

@@ -19,6 +19,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
 
 from ko_examples import timing
 from ko_optax import collision as C
+from ko_optax.collision import hard
+from ko_optax.collision import soft
 
 
 def hard_collision_columns(w, g, rate, key, length_scale=20.0):
@@ -29,7 +31,7 @@ def hard_collision_columns(w, g, rate, key, length_scale=20.0):
   perm_key, pair_key = jax.random.split(key)
   order = jax.random.permutation(perm_key, n)
   paired = order[:n - n % 2]
-  new = C.hard_collision_pairs(
+  new = hard.collide_adjacent_pairs(
       w[:, paired], g[:, paired], rate, pair_key, length_scale=length_scale)
   return g.at[:, paired].set(new, unique_indices=True)
 
@@ -60,7 +62,7 @@ def main():
           lambda w, g, k: (w[:, jax.random.permutation(k, n)],
                            g[:, jax.random.permutation(k, n)])),
       'hard_collision_pairs (no perm)': jax.jit(
-          lambda w, g, k: C.hard_collision_pairs(w, g, 0.1, k)),
+          lambda w, g, k: hard.collide_adjacent_pairs(w, g, 0.1, k)),
       'hard_collision v1 (columns)': jax.jit(
           lambda w, g, k: hard_collision_columns(w, g, 0.1, k)),
       'hard_collision (full)': jax.jit(
@@ -68,7 +70,7 @@ def main():
       'soft_collision (full)': jax.jit(
           lambda w, g, k: C.soft_collision(w, g, 0.1)),
       'soft kernel only': jax.jit(
-          lambda w, g, k: C.soft_collision_kernel(w, g)),
+          lambda w, g, k: soft.soft_collision_kernel(w, g)),
   }
   res = timing.interleaved_medians(
       {name: (lambda f=f: f(w, g, key)) for name, f in pieces.items()},
