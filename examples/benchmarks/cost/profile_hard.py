@@ -61,7 +61,7 @@ def main():
       'gather columns w,g': jax.jit(
           lambda w, g, k: (w[:, jax.random.permutation(k, n)],
                            g[:, jax.random.permutation(k, n)])),
-      'hard_collision_pairs (no perm)': jax.jit(
+      'collide_adjacent_pairs (no perm)': jax.jit(
           lambda w, g, k: hard.collide_adjacent_pairs(w, g, 0.1, k)),
       'hard_collision v1 (columns)': jax.jit(
           lambda w, g, k: hard_collision_columns(w, g, 0.1, k)),
