@@ -31,15 +31,20 @@ def _loss(params, step):
   return sum(jnp.sum(jnp.sin(x * (1.0 + 0.1 * step)) ** 2) for x in leaves)
 
 
+# Jitted once per tree: eager gradients and sums compile op by op.
+_grad = jax.jit(jax.grad(_loss))
+_apply_updates = jax.jit(optax.apply_updates)
+
+
 def _run(tx, steps=4, params=PARAMS, jit=True):
   """Runs ``steps`` updates; returns the list of update trees and the state."""
   update = jax.jit(tx.update) if jit else tx.update
   state = tx.init(params)
   out = []
   for step in range(steps):
-    grads = jax.grad(_loss)(params, step)
+    grads = _grad(params, step)
     updates, state = update(grads, state, params)
-    params = optax.apply_updates(params, updates)
+    params = _apply_updates(params, updates)
     out.append(updates)
   return out, state
 

@@ -80,7 +80,6 @@ EDGE_PATHS = {
     'hard-cells': lambda: ko_optax.stochastic_collision(
         5.0, mode='hard', cell_size=2),
     'diffusion': lambda: ko_optax.thermal_diffusion(1e-2, key=1),
-    'ko-soft': lambda: ko_optax.ko(1e-2, collision='soft', temperature=1e-4),
     'ko-hard': lambda: ko_optax.ko(1e-2, collision='hard', temperature=1e-4),
     'ko-velocity': lambda: ko_optax.ko(1e-2, base='sgd', collide_on='velocity',
                                        collision_rate=1.0),
