@@ -1,4 +1,8 @@
-"""Collision cells: exactness at C >= N, no N x N arrays, locality, physics."""
+"""Collision cells: exactness at C >= N, no N x N arrays, locality.
+
+Conservation in cells, their dtypes, determinism, vmap and edge cases are in
+test_properties_*.py with the other paths.
+"""
 
 import functools
 
@@ -11,7 +15,6 @@ import pytest
 import ko_optax
 from ko_optax import _backend
 from ko_optax import cells
-from ko_optax.collision import hard
 from ko_optax.collision import soft
 
 
@@ -23,10 +26,6 @@ def _random(shape, seed):
 def _soft(w, g, k, rate=0.3):
   del k
   return soft.soft_collision(w, g, rate)
-
-
-def _hard(w, g, k, rate=0.7):
-  return hard.collide_adjacent_pairs(w, g, rate, k, length_scale=20.0)
 
 
 _cells = jax.jit(cells.collide_in_cells,
@@ -133,21 +132,6 @@ def test_no_n_by_n_array_with_cells(mode):
 # -- randomness: cells are re-drawn every step -------------------------------
 
 
-def test_cells_change_from_step_to_step():
-  params = {'w': _random((8, 64), 10)}
-  grads = {'w': _random((8, 64), 11)}
-  tx = ko_optax.stochastic_collision(0.5, cell_size=8, key=0)
-  (first, second), _ = _update(tx, grads, params, 2)
-  assert not np.allclose(first['w'], second['w'])
-  order_fn = jax.jit(cells.cell_order, static_argnums=2)
-  orders = [order_fn(params['w'][None], jax.random.key(k), 8)[0]
-            for k in range(3)]
-  for order in orders:
-    np.testing.assert_array_equal(np.sort(order), np.arange(64))
-  assert not np.array_equal(orders[0], orders[1])
-  assert not np.array_equal(orders[1], orders[2])
-
-
 def test_cell_order_is_a_random_permutation_of_each_block():
   # Blocks of 30 in cells of 4 (3 levels, a padded last cell), with zero
   # weight vectors, whose projections all tie: still a permutation of each
@@ -202,92 +186,7 @@ def test_cells_group_similar_directions():
   assert np.mean(shared) > 0.75
 
 
-# -- hard collisions in cells ------------------------------------------------
-
-
-def test_hard_in_cells_conserves_momentum_and_energy_per_pair():
-  n, groups, c = 33, 3, 4
-  w, g = _random((6, n), 12), _random((6, n), 13)
-  key = jax.random.key(5)
-  new = _cells(w, g, key, functools.partial(_hard, rate=1.0),
-                               cell_size=c, groups=groups, pairs=True)
-  assert not np.allclose(new, g)
-  order_key, _ = jax.random.split(key)
-  block = n // groups
-  wb = w.reshape(6, groups, block).transpose(1, 0, 2)
-  order = np.asarray(jax.jit(cells.cell_order, static_argnums=2)(
-      wb, order_key, c))
-  g, new = np.asarray(g, np.float64), np.asarray(new, np.float64)
-  changed = 0
-  for b in range(groups):
-    for k in range(block // 2):
-      i, j = b * block + order[b, 2 * k], b * block + order[b, 2 * k + 1]
-      np.testing.assert_allclose(new[:, i] + new[:, j], g[:, i] + g[:, j],
-                                 rtol=1e-5, atol=1e-5)
-      np.testing.assert_allclose(
-          np.sum(new[:, [i, j]] ** 2), np.sum(g[:, [i, j]] ** 2), rtol=1e-5)
-      changed += not np.allclose(new[:, i], g[:, i])
-  assert changed > 0
-  # Odd blocks: the particle left over keeps its velocity.
-  for b in range(groups):
-    last = b * block + order[b, -1]
-    np.testing.assert_array_equal(new[:, last], g[:, last])
-
-
-def test_cells_keep_dtype_and_shape_of_non_default_layouts():
-  params = {'k': _random((3, 3, 4, 20), 14).astype(jnp.bfloat16)}
-  grads = {'k': _random((3, 3, 4, 20), 15).astype(jnp.bfloat16)}
-  tx = ko_optax.stochastic_collision(0.2, cell_size=4, cell_groups=2)
-  (out,), _ = _update(tx, grads, params)
-  assert out['k'].dtype == jnp.bfloat16 and out['k'].shape == (3, 3, 4, 20)
-  tx = ko_optax.stochastic_collision(0.2, cell_size=4, particle_axes=0)
-  (out,), _ = _update(tx, grads, params)
-  assert out['k'].shape == (3, 3, 4, 20)
-
-
-def _pairs_only(w, g, k):
-  assert g.shape[-1] >= 2, 'collide called without a pair'
-  return _hard(w, g, k)
-
-
-def test_hard_in_cells_with_one_particle_per_block_is_identity():
-  # cell_groups = N leaves every particle alone in its block: no pair, so
-  # nothing collides and ``collide`` is not called (it used to get zero
-  # pairs, and the hard collision failed on a max over them).
-  w, g = _random((3, 2), 17), _random((3, 2), 18)
-  new = _cells(w, g, jax.random.key(0), _pairs_only, cell_size=1, groups=2,
-               pairs=True)
-  np.testing.assert_array_equal(new, g)
-  params = {'head': _random((4, 2), 19)}
-  grads = {'head': _random((4, 2), 20)}
-  tx = ko_optax.stochastic_collision(0.1, mode='hard', cell_size=1,
-                                     cell_groups=2)
-  (out,), _ = _update(tx, grads, params)
-  np.testing.assert_array_equal(out['head'], grads['head'])
-
-
-# -- batching: vmap over stacked particle systems, the accelerator layout ----
-
-
-def _mix(w, g, k):
-  """A cheap stand-in for a collision: depends on the partners and the key."""
-  mean = jnp.mean(g, axis=-1, keepdims=True)
-  return g + jax.random.uniform(k) * (mean - g) + 0.1 * w
-
-
-def test_vmap_over_systems_matches_one_system_at_a_time():
-  # 3 systems of 2 blocks of 15 (odd blocks: padded cells, an idle particle
-  # in each block of pairs), one key per system.
-  w, g = _random((3, 5, 30), 21), _random((3, 5, 30), 22)
-  keys = jax.random.split(jax.random.key(6), 3)
-  fns = [functools.partial(cells.collide_in_cells, collide=_mix, cell_size=4,
-                           groups=2, pairs=pairs) for pairs in (False, True)]
-  # vmap against lax.map (one system after the other, unbatched); one
-  # compile for all four.
-  both = jax.jit(lambda a: [(jax.vmap(fn)(*a), jax.lax.map(
-      lambda x, f=fn: f(*x), a)) for fn in fns])
-  for batched, one_by_one in both((w, g, keys)):
-    np.testing.assert_allclose(batched, one_by_one, rtol=1e-6, atol=1e-6)
+# -- the accelerator layout: cells collided in one batched call -------------
 
 
 def test_batched_cells_match_the_cell_loop(monkeypatch):
@@ -300,13 +199,3 @@ def test_batched_cells_match_the_cell_loop(monkeypatch):
   monkeypatch.setattr(_backend, 'loop_over_cells', lambda: False)
   batched = jax.jit(fn)(w, g, jax.random.key(7))
   np.testing.assert_allclose(batched, loop, rtol=1e-6, atol=1e-6)
-
-
-# -- errors ------------------------------------------------------------------
-
-
-def test_cell_groups_must_divide_n():
-  params = {'w': _random((4, 10), 16)}
-  tx = ko_optax.stochastic_collision(0.1, cell_size=2, cell_groups=3)
-  with pytest.raises(ValueError, match='cell_groups=3 must divide'):
-    tx.update(params, tx.init(params), params)

@@ -168,3 +168,31 @@ def test_language_model_is_causal():
   changed = apply(params, tokens.at[0, 3].set(5))
   assert out.shape == (1, 4, 20)
   np.testing.assert_allclose(out[0, :3], changed[0, :3], atol=1e-5)
+
+
+def test_patch_conv_cnn_and_residual_mlp():
+  """CNN1D(patches=True) is CNN1D with the same parameters and function;
+  MLP(residual=True) adds the second hidden layer's input (the MNIST-1D
+  paper's MLP)."""
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(3, 40)).astype(np.float32)
+
+  def random_params(model):  # eval_shape: no compiled random init (slow)
+    shapes = jax.eval_shape(model.init, jax.random.key(0), x)
+    return jax.tree.map(
+        lambda s: rng.normal(size=s.shape).astype(np.float32), shapes)
+
+  plain, patched = models.CNN1D(), models.CNN1D(patches=True)
+  assert jax.tree.map(np.shape, random_params(plain)) == jax.tree.map(
+      np.shape, random_params(patched))
+  params = random_params(plain)
+  np.testing.assert_allclose(jax.jit(patched.apply)(params, x),
+                             jax.jit(plain.apply)(params, x),
+                             rtol=1e-5, atol=1e-4)
+  mlp = models.MLP(residual=True)
+  p = random_params(mlp)['params']
+  h = np.maximum(x @ p['hidden_0']['kernel'] + p['hidden_0']['bias'], 0)
+  h = h + np.maximum(h @ p['hidden_1']['kernel'] + p['hidden_1']['bias'], 0)
+  np.testing.assert_allclose(jax.jit(mlp.apply)({'params': p}, x),
+                             h @ p['head']['kernel'] + p['head']['bias'],
+                             rtol=1e-5, atol=1e-4)

@@ -1,12 +1,14 @@
-"""The examples' quick modes run and print / write what they promise.
+"""The example scripts' quick modes run and print / write what they promise.
 
 Each example exposes ``main(argv)``; the tests call it in-process (the
 conftest gives JAX 8 CPU devices and puts examples/ on sys.path).
 """
 
 import json
+import math
 import os
 
+import jax
 import numpy as np
 import pytest
 
@@ -14,8 +16,10 @@ import checkpointing
 import cifar10
 import compare
 import data_parallel
+import gpt_scanned
 import linen_training
 import nnx_training
+import sharded_training
 from test_data import _write_cifar
 from test_data import _write_text
 import text_classification
@@ -135,32 +139,26 @@ def test_compare_names_the_extra_when_a_dependency_is_missing(monkeypatch):
     compare.main(['--quick'])
 
 
-def test_patch_conv_cnn_and_residual_mlp():
-  """CNN1D(patches=True) is CNN1D with the same parameters and function;
-  MLP(residual=True) adds the second hidden layer's input (the MNIST-1D
-  paper's MLP)."""
-  import jax  # pylint: disable=g-import-not-at-top
+def test_gpt_scanned_quick(capsys):
+  out = gpt_scanned.main(['--quick'])
+  printed = capsys.readouterr().out
+  assert 'bits per byte' in printed and 'condensation of block 1' in printed
+  assert set(out['history']) == {'ko', 'adamw'}
+  for name, h in out['history'].items():
+    assert all(math.isfinite(v) for v in h['train_bpb'] + h['val_bpb'])
+    assert h['train_bpb'][-1] < h['train_bpb'][0] < 8.5, name
+    assert h['val_bpb'][-1] < h['val_bpb'][0], name
+    cos, rank = out['condensation'][name]['q']
+    assert 0.0 <= cos <= 1.0 and 1.0 <= rank <= 64.0
 
-  from ko_examples import models  # pylint: disable=g-import-not-at-top
-  rng = np.random.default_rng(0)
-  x = rng.normal(size=(3, 40)).astype(np.float32)
 
-  def random_params(model):  # eval_shape: no compiled random init (slow)
-    shapes = jax.eval_shape(model.init, jax.random.key(0), x)
-    return jax.tree.map(
-        lambda s: rng.normal(size=s.shape).astype(np.float32), shapes)
-
-  plain, patched = models.CNN1D(), models.CNN1D(patches=True)
-  assert jax.tree.map(np.shape, random_params(plain)) == jax.tree.map(
-      np.shape, random_params(patched))
-  params = random_params(plain)
-  np.testing.assert_allclose(jax.jit(patched.apply)(params, x),
-                             jax.jit(plain.apply)(params, x),
-                             rtol=1e-5, atol=1e-4)
-  mlp = models.MLP(residual=True)
-  p = random_params(mlp)['params']
-  h = np.maximum(x @ p['hidden_0']['kernel'] + p['hidden_0']['bias'], 0)
-  h = h + np.maximum(h @ p['hidden_1']['kernel'] + p['hidden_1']['bias'], 0)
-  np.testing.assert_allclose(jax.jit(mlp.apply)({'params': p}, x),
-                             h @ p['head']['kernel'] + p['head']['bias'],
-                             rtol=1e-5, atol=1e-4)
+@pytest.mark.skipif(jax.device_count() < 8, reason='needs 8 CPU devices')
+def test_sharded_example_quick(tmp_path):
+  result = sharded_training.main(
+      ['--quick', '--checkpoint-dir', str(tmp_path / 'ckpt')])
+  assert result['collectives_in_ko_update'] == []
+  assert result['restored_equal'] and result['restored_shardings_equal']
+  assert result['resumed_equal']
+  assert result['final_loss'] < result['first_loss']
+  assert result['kernel_sharding'] == str(jax.sharding.PartitionSpec(
+      None, 'model'))

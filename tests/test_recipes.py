@@ -95,23 +95,25 @@ def test_ko_gpt_equals_the_explicit_authors_chain():
   grads_seq = [jax.tree.map(
       lambda p: jnp.asarray(rng.normal(size=p.shape) * 3, p.dtype), params)
                for _ in range(2)]
+  # Jitted init and apply: one compile each, not one per leaf shape and op.
+  apply = jax.jit(optax.apply_updates)
   results = []
   for tx in (ko_optax.ko_gpt(1e-3, key=7), _explicit_chain(1e-3, 7)):
-    p, state = params, tx.init(params)
+    p, state = params, jax.jit(tx.init)(params)
     step = jax.jit(tx.update)
     for g in grads_seq:
       u, state = step(g, state, p)
-      p = optax.apply_updates(p, u)
+      p = apply(p, u)
     results.append(p)
   jax.tree.map(np.testing.assert_array_equal, *results)
   # The recipe really acts: the last block moved differently from AdamW's.
   plain = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(
       1e-3, b1=0.9, b2=0.95, weight_decay=0.1,
       mask=lambda p: jax.tree.map(lambda x: x.ndim >= 2, p)))
-  p, state = params, plain.init(params)
+  p, state = params, jax.jit(plain.init)(params)
   for g in grads_seq:
     u, state = jax.jit(plain.update)(g, state, p)
-    p = optax.apply_updates(p, u)
+    p = apply(p, u)
   last = results[0]['blocks'][1]['up']['kernel']
   first = results[0]['blocks'][0]['up']['kernel']
   assert not np.allclose(last, p['blocks'][1]['up']['kernel'], atol=1e-7)
