@@ -29,6 +29,36 @@ def init_state(state_type: Any, key: Any, params: optax.Params) -> Any:
       key=_checks.tree_key(_checks.canonicalize_key(key), params))
 
 
+def transformation(
+    state_type: Any,
+    key: Any,
+    step: Callable[[optax.Updates, Any, optax.Params | None, jax.Array],
+                   optax.Updates],
+) -> optax.GradientTransformationExtraArgs:
+  """An optax transformation whose state is ``state_type(count, key)``.
+
+  ``step(updates, state, params, step_key)`` is the transformation's own
+  work; each update draws it a fresh ``step_key`` and advances the count
+  and the key, as optax.add_noise does.
+  """
+
+  def init_fn(params: optax.Params) -> Any:
+    return init_state(state_type, key, params)
+
+  def update_fn(
+      updates: optax.Updates,
+      state: optax.OptState,
+      params: optax.Params | None = None,
+      **extra_args: Any,
+  ) -> tuple[optax.Updates, Any]:
+    del extra_args
+    own: Any = state  # a state_type, as init_fn returned
+    next_key, step_key = jax.random.split(own.key)
+    return step(updates, own, params, step_key), next_state(own, next_key)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
 def next_state(state: Any, next_key: jax.Array) -> Any:
   """``state`` one step on: the count incremented, the next key."""
   # safe_increment is annotated ArrayLike; it returns an array for one.

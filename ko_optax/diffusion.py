@@ -17,7 +17,7 @@ References:
 from __future__ import annotations
 
 import functools
-from typing import Any, cast, NamedTuple
+from typing import Any, NamedTuple
 
 import chex
 import jax
@@ -145,26 +145,17 @@ def thermal_diffusion(
   _checks.check_non_negative('temperature', temperature)
   _checks.check_finite('temperature', temperature)
 
-  def init_fn(params: optax.Params) -> ThermalDiffusionState:
-    return _leafwise.init_state(ThermalDiffusionState, key, params)
-
-  def update_fn(
-      updates: optax.Updates,
-      state: optax.OptState,
-      params: optax.Params | None = None,
-      **extra_args: Any,
-  ) -> tuple[optax.Updates, ThermalDiffusionState]:
-    del params, extra_args
-    state = cast(ThermalDiffusionState, state)  # what init_fn returned
+  def step(updates: optax.Updates, state: ThermalDiffusionState,
+           params: optax.Params | None, step_key: jax.Array) -> optax.Updates:
+    del params
     t = _leafwise.scheduled('temperature', temperature, state.count)
     tree = _leafwise.Leaves.of(updates,
                                particles_lib.mask_leaves(mask, updates))
     for i in tree.active:
       _check_inexact(tree.leaves[i], tree.paths[i])
     leaves = tree.selected()
-    next_key, step_key = jax.random.split(state.key)
     noisy = _leafwise.unless_zero(t, lambda t: _noisy_compiled(
         leaves, step_key, _noise_scale(t)), leaves)
-    return tree.splice(noisy), _leafwise.next_state(state, next_key)
+    return tree.splice(noisy)
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return _leafwise.transformation(ThermalDiffusionState, key, step)

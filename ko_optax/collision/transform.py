@@ -10,7 +10,7 @@ operator, on the skeleton it shares with the thermal diffusion
 
 from __future__ import annotations
 
-from typing import Any, cast, NamedTuple
+from typing import Any, NamedTuple
 import warnings
 
 import chex
@@ -221,17 +221,8 @@ def stochastic_collision(
       mode, normalization, collision_rate, threshold, length_scale,
       cell_size, cell_groups, include_self)
 
-  def init_fn(params: optax.Params) -> StochasticCollisionState:
-    return _leafwise.init_state(StochasticCollisionState, key, params)
-
-  def update_fn(
-      updates: optax.Updates,
-      state: optax.OptState,
-      params: optax.Params | None = None,
-      **extra_args: Any,
-  ) -> tuple[optax.Updates, StochasticCollisionState]:
-    del extra_args
-    state = cast(StochasticCollisionState, state)  # what init_fn returned
+  def step(updates: optax.Updates, state: StochasticCollisionState,
+           params: optax.Params | None, step_key: jax.Array) -> optax.Updates:
     _checks.check_params(params, updates, 'stochastic_collision')
     rate = _leafwise.scheduled('collision_rate', collision_rate, state.count)
     leaf_specs = particles_lib.resolve_particle_axes(particle_axes, updates,
@@ -247,7 +238,6 @@ def stochastic_collision(
         stack=(_backend.small_soft_system
                if _backend.soft_stacks_small_systems_only(mode, cell_size)
                else None))
-    next_key, step_key = jax.random.split(state.key)
     # A rate that is NaN, infinite or negative at run time makes the
     # colliding leaves NaN, so that optax.apply_if_finite skips the step.
     collided = _leafwise.unless_zero(rate, lambda rate: _collide_tree_compiled(
@@ -255,6 +245,6 @@ def stochastic_collision(
         length_scale, specs=tuple(specs), groups=tuple(groups), mode=mode,
         include_self=include_self, normalization=normalization,
         cell_size=cell_size, cell_groups=cell_groups), g)
-    return tree.splice(collided), _leafwise.next_state(state, next_key)
+    return tree.splice(collided)
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return _leafwise.transformation(StochasticCollisionState, key, step)
