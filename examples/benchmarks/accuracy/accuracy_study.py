@@ -216,9 +216,9 @@ def configs(group: str) -> list[dict]:
                rates=soft_rates, temperature=5e-9),
       ]
   elif group == 'velocity':
-    # METHOD.md's third open question: collide the base optimizer's
-    # velocity (Adam's first moment, SGD's trace; kept collided in the
-    # state) instead of the gradient. Same grids as the 'main' KO rows.
+    # An open question of the method (docs/method.md): collide the base
+    # optimizer's velocity (Adam's first moment, SGD's trace; kept collided
+    # in the state) instead of the gradient. Same grids as the 'main' KO rows.
     for base, lrs in (('adam', ADAM_LRS), ('sgd', SGD_LRS)):
       out += [
           dict(name=f'ko_soft_{base}~velocity', opt='ko', base=base,

@@ -11,7 +11,7 @@ run() { $PY examples/benchmarks/accuracy/accuracy_study.py "$@"; }
 # MLP tasks: every optimizer, full grid (lr x collision rate), 5 seeds.
 run --task mnist1d_mlp --groups main
 run --task condense_mlp --groups main
-# Open questions of METHOD.md (diagonal, threshold, normalisation, last
+# The method's open questions (docs/method.md: diagonal, threshold, normalisation, last
 # layer only, noise) and large rates, in a separate folder.
 run --task condense_mlp --groups variants --out examples/benchmarks/results/variants
 run --task mnist1d_mlp --groups stability --out examples/benchmarks/results/variants
