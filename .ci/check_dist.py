@@ -2,7 +2,7 @@
 
 Usage: python .ci/check_dist.py DIST_DIR
 
-The wheel must ship every ko_optax/*.py of the source tree and
+The wheel must ship every .py file under ko_optax/ of the source tree and
 ko_optax/py.typed; the sdist must also carry LICENSE, README.md,
 CHANGELOG.md and pyproject.toml; both must carry ko_optax.__version__, the
 package's one version number. Exits non-zero naming what is missing.
@@ -23,7 +23,7 @@ def main(dist: pathlib.Path) -> int:
       ast.literal_eval(line.split('=', 1)[1].strip())
       for line in init.splitlines() if line.startswith('__version__'))
   package = sorted(str(p.relative_to(ROOT))
-                   for p in (ROOT / 'ko_optax').glob('*.py'))
+                   for p in (ROOT / 'ko_optax').rglob('*.py'))
   package.append('ko_optax/py.typed')
   wheels = list(dist.glob(f'ko_optax-{version}-*.whl'))
   sdists = list(dist.glob(f'ko_optax-{version}.tar.gz'))
