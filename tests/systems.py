@@ -10,9 +10,54 @@ from hypothesis import strategies as st
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 import ko_optax
 from ko_optax import _random
+
+
+def small_params():
+  """A dense layer (kernel and bias) and a conv kernel: the small tree the
+  transformation tests train."""
+  k1, k2 = jax.random.split(jax.random.key(0))
+  return {
+      'dense': {'kernel': jax.random.normal(k1, (5, 8)),
+                'bias': jnp.zeros(8)},
+      'conv': {'kernel': jax.random.normal(k2, (3, 3, 2, 4))},
+  }
+
+
+PARAMS = small_params()
+
+
+def loss(params, step):
+  """A smooth loss whose gradient changes with the step."""
+  leaves = jax.tree.leaves(params)
+  return sum(jnp.sum(jnp.sin(x * (1.0 + 0.1 * step)) ** 2) for x in leaves)
+
+
+# Jitted once per worker: eager gradients and sums compile op by op.
+grad = jax.jit(jax.grad(loss))
+apply_updates = jax.jit(optax.apply_updates)
+
+
+def train(tx, steps=4, params=PARAMS, jit=True):
+  """``steps`` updates of ``tx`` on :func:`loss`: the update trees and the
+  last state."""
+  update = jax.jit(tx.update) if jit else tx.update
+  state = tx.init(params)
+  out = []
+  for step in range(steps):
+    updates, state = update(grad(params, step), state, params)
+    params = apply_updates(params, updates)
+    out.append(updates)
+  return out, state
+
+
+def assert_bitwise(a, b):
+  """Every leaf of ``a`` equals that of ``b`` bit for bit."""
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 def normal(shape, seed, scale=1.0):

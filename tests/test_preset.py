@@ -12,46 +12,12 @@ import optax
 import pytest
 
 import ko_optax
+import systems
+
+PARAMS = systems.PARAMS   # the small shared tree
 
 
-def _params():
-  k1, k2 = jax.random.split(jax.random.key(0))
-  return {
-      'dense': {'kernel': jax.random.normal(k1, (5, 8)),
-                'bias': jnp.zeros(8)},
-      'conv': {'kernel': jax.random.normal(k2, (3, 3, 2, 4))},
-  }
-
-
-PARAMS = _params()
-
-
-def _loss(params, step):
-  leaves = jax.tree.leaves(params)
-  return sum(jnp.sum(jnp.sin(x * (1.0 + 0.1 * step)) ** 2) for x in leaves)
-
-
-# Jitted once per tree: eager gradients and sums compile op by op.
-_grad = jax.jit(jax.grad(_loss))
-_apply_updates = jax.jit(optax.apply_updates)
-
-
-def _run(tx, steps=4, params=PARAMS, jit=True):
-  """Runs ``steps`` updates; returns the list of update trees and the state."""
-  update = jax.jit(tx.update) if jit else tx.update
-  state = tx.init(params)
-  out = []
-  for step in range(steps):
-    grads = _grad(params, step)
-    updates, state = update(grads, state, params)
-    params = _apply_updates(params, updates)
-    out.append(updates)
-  return out, state
-
-
-def _assert_bitwise(a, b):
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+_run = systems.train
 
 
 # -- KO on -------------------------------------------------------------------
@@ -119,7 +85,7 @@ def test_multisteps_accumulates_then_applies():
   tx = optax.MultiSteps(ko_optax.ko(1e-2, collision='hard',
                                     collision_rate=0.5), every_k_schedule=2)
   out, state = _run(tx, steps=4)
-  _assert_bitwise(out[0], jax.tree.map(jnp.zeros_like, out[0]))
+  systems.assert_bitwise(out[0], jax.tree.map(jnp.zeros_like, out[0]))
   assert any(np.any(x != 0) for x in jax.tree.leaves(out[1]))
   assert int(state.gradient_step) == 2
 

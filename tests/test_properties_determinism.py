@@ -14,22 +14,7 @@ import ko_optax
 from ko_optax import cells
 import systems
 
-
-def _params():
-  k1, k2 = jax.random.split(jax.random.key(0))
-  return {
-      'dense': {'kernel': jax.random.normal(k1, (5, 8)),
-                'bias': jnp.zeros(8)},
-      'conv': {'kernel': jax.random.normal(k2, (3, 3, 2, 4))},
-  }
-
-
-PARAMS = _params()
-
-
-def _assert_bitwise(a, b):
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+PARAMS = systems.PARAMS   # the small shared tree
 
 
 def test_ko_fixed_seed_is_deterministic_and_seeds_differ():
@@ -40,8 +25,8 @@ def test_ko_fixed_seed_is_deterministic_and_seeds_differ():
   grads = jax.grad(lambda p: sum(jnp.sum(jnp.sin(x) ** 2)
                                  for x in jax.tree.leaves(p)))(PARAMS)
   run = lambda state: update(grads, state, PARAMS)[0]
-  _assert_bitwise(run(tx.init(PARAMS)), run(tx.init(PARAMS)))
-  _assert_bitwise(run(tx.init(PARAMS)), run(make(jax.random.key(5)).init(
+  systems.assert_bitwise(run(tx.init(PARAMS)), run(tx.init(PARAMS)))
+  systems.assert_bitwise(run(tx.init(PARAMS)), run(make(jax.random.key(5)).init(
       PARAMS)))
   other = run(make(6).init(PARAMS))
   assert not np.allclose(run(tx.init(PARAMS))['dense']['kernel'],

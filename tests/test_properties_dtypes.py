@@ -29,15 +29,6 @@ def test_collided_leaves_keep_their_dtype(dtype, mode):
              for x in jax.tree.leaves(out))
 
 
-def _params():
-  k1, k2 = jax.random.split(jax.random.key(0))
-  return {
-      'dense': {'kernel': jax.random.normal(k1, (5, 8)),
-                'bias': jnp.zeros(8)},
-      'conv': {'kernel': jax.random.normal(k2, (3, 3, 2, 4))},
-  }
-
-
 @pytest.mark.parametrize('dtype, kw', [
     (jnp.bfloat16, dict(collision='soft')),
     (jnp.float32, dict(collision='soft')),
@@ -48,7 +39,7 @@ def _params():
 ], ids=['soft-bf16', 'soft-f32', 'hard-bf16', 'hard-cells-bf16',
         'velocity-bf16'])
 def test_ko_keeps_the_dtype(dtype, kw):
-  params = jax.tree.map(lambda x: x.astype(dtype), _params())
+  params = jax.tree.map(lambda x: x.astype(dtype), systems.small_params())
   grads = jax.grad(lambda p: sum(jnp.sum(jnp.sin(x) ** 2)
                                  for x in jax.tree.leaves(p)))(params)
   tx = ko_optax.ko(1e-2, temperature=1e-4, **kw)

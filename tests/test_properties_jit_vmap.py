@@ -19,40 +19,13 @@ import ko_optax
 from ko_optax import cells
 import systems
 
+PARAMS = systems.PARAMS   # the small shared tree
 
-def _params():
-  k1, k2 = jax.random.split(jax.random.key(0))
-  return {
-      'dense': {'kernel': jax.random.normal(k1, (5, 8)),
-                'bias': jnp.zeros(8)},
-      'conv': {'kernel': jax.random.normal(k2, (3, 3, 2, 4))},
-  }
-
-
-PARAMS = _params()
 SMALL = {'w': PARAMS['dense']['kernel'], 'b': PARAMS['dense']['bias']}
 
 
-def _loss(params, step):
-  leaves = jax.tree.leaves(params)
-  return sum(jnp.sum(jnp.sin(x * (1.0 + 0.1 * step)) ** 2) for x in leaves)
-
-
-# Jitted once per tree: eager gradients and sums compile op by op.
-_grad = jax.jit(jax.grad(_loss))
-_apply_updates = jax.jit(optax.apply_updates)
-
-
 def _run(tx, steps, params, jit):
-  update = jax.jit(tx.update) if jit else tx.update
-  state = tx.init(params)
-  out = []
-  for step in range(steps):
-    grads = _grad(params, step)
-    updates, state = update(grads, state, params)
-    params = _apply_updates(params, updates)
-    out.append(updates)
-  return out
+  return systems.train(tx, steps, params, jit)[0]
 
 
 PATHS = {
@@ -116,7 +89,7 @@ def test_jitted_step_traces_once():
   @jax.jit
   def step(params, state, i):
     traces.append(None)
-    grads = jax.grad(_loss)(params, i)
+    grads = jax.grad(systems.loss)(params, i)
     updates, state = tx.update(grads, state, params)
     return optax.apply_updates(params, updates), state
 
@@ -138,7 +111,7 @@ def test_init_on_shape_dtype_structs():
 def test_state_is_stable_through_lax_cond():
   tx = ko_optax.ko(1e-2, collision='hard', temperature=1e-3)
   state = tx.init(PARAMS)
-  grads = jax.grad(_loss)(PARAMS, 0)
+  grads = jax.grad(systems.loss)(PARAMS, 0)
 
   @jax.jit
   def maybe_update(pred, state):

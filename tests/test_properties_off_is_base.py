@@ -20,45 +20,12 @@ import pytest
 import ko_optax
 import systems
 
-
-def _params():
-  k1, k2 = jax.random.split(jax.random.key(0))
-  return {
-      'dense': {'kernel': jax.random.normal(k1, (5, 8)),
-                'bias': jnp.zeros(8)},
-      'conv': {'kernel': jax.random.normal(k2, (3, 3, 2, 4))},
-  }
-
-
-PARAMS = _params()
-
-
-def _loss(params, step):
-  leaves = jax.tree.leaves(params)
-  return sum(jnp.sum(jnp.sin(x * (1.0 + 0.1 * step)) ** 2) for x in leaves)
-
-
-# Jitted once per tree: eager gradients and sums compile op by op.
-_grad = jax.jit(jax.grad(_loss))
-_apply_updates = jax.jit(optax.apply_updates)
+PARAMS = systems.PARAMS   # the small shared tree
 
 
 def _run(tx, steps=4, params=PARAMS):
   """``steps`` jitted updates on a moving loss: the list of update trees."""
-  update = jax.jit(tx.update)
-  state = tx.init(params)
-  out = []
-  for step in range(steps):
-    grads = _grad(params, step)
-    updates, state = update(grads, state, params)
-    params = _apply_updates(params, updates)
-    out.append(updates)
-  return out
-
-
-def _assert_bitwise(a, b):
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  return systems.train(tx, steps, params)[0]
 
 
 ADAM = dict(b1=0.8, b2=0.99, eps=1e-7)
@@ -76,7 +43,7 @@ ADAM = dict(b1=0.8, b2=0.99, eps=1e-7)
 ], ids=['none', 'zero', 'hard-traced', 'hard-traced-t', 'soft-traced',
         'soft-cells', 'hard-cells'])
 def test_ko_off_is_adam(off):
-  _assert_bitwise(_run(ko_optax.ko(1e-2, **ADAM, **off)), _adam())
+  systems.assert_bitwise(_run(ko_optax.ko(1e-2, **ADAM, **off)), _adam())
 
 
 @functools.cache
@@ -91,7 +58,7 @@ def test_ko_off_is_sgd(momentum, nesterov):
   ko = _run(ko_optax.ko(0.05, base='sgd', momentum=momentum,
                         nesterov=nesterov, collision_rate=0.0))
   sgd = _run(optax.sgd(0.05, momentum=momentum, nesterov=nesterov))
-  _assert_bitwise(ko, sgd)
+  systems.assert_bitwise(ko, sgd)
 
 
 def test_ko_off_is_adamw():
@@ -99,19 +66,19 @@ def test_ko_off_is_adamw():
   ko = _run(ko_optax.ko(1e-2, collision=None, weight_decay=0.1,
                         weight_decay_mask=mask))
   adamw = _run(optax.adamw(1e-2, weight_decay=0.1, mask=mask))
-  _assert_bitwise(ko, adamw)
+  systems.assert_bitwise(ko, adamw)
 
 
 def test_ko_off_with_a_learning_rate_schedule_is_adam():
   sched = optax.linear_schedule(1e-2, 1e-3, 4)
-  _assert_bitwise(_run(ko_optax.ko(sched, collision=None)),
+  systems.assert_bitwise(_run(ko_optax.ko(sched, collision=None)),
                   _run(optax.adam(sched)))
 
 
 def test_ko_off_on_a_custom_base_is_that_base():
   ko = _run(ko_optax.ko(1e-2, base=optax.scale_by_lion(), collision=None))
   lion = _run(optax.lion(1e-2, weight_decay=0.0))
-  _assert_bitwise(ko, lion)
+  systems.assert_bitwise(ko, lion)
 
 
 def test_a_bool_mask_reaches_the_diffusion():
@@ -177,7 +144,7 @@ def test_ko_gpt_off_is_its_clipped_adamw():
       u, state = step(grads, state, p)
       p = optax.apply_updates(p, u)
     outs.append(p)
-  _assert_bitwise(*outs)
+  systems.assert_bitwise(*outs)
 
 
 @pytest.mark.parametrize('mode', ['soft', 'hard'])

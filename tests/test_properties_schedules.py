@@ -15,27 +15,7 @@ import ko_optax
 import reference
 import systems
 
-
-def _params():
-  k1, k2 = jax.random.split(jax.random.key(0))
-  return {
-      'dense': {'kernel': jax.random.normal(k1, (5, 8)),
-                'bias': jnp.zeros(8)},
-      'conv': {'kernel': jax.random.normal(k2, (3, 3, 2, 4))},
-  }
-
-
-PARAMS = _params()
-
-
-def _loss(params, step):
-  leaves = jax.tree.leaves(params)
-  return sum(jnp.sum(jnp.sin(x * (1.0 + 0.1 * step)) ** 2) for x in leaves)
-
-
-def _assert_bitwise(a, b):
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+PARAMS = systems.PARAMS   # the small shared tree
 
 
 def test_collision_schedule_is_evaluated_at_the_step_count():
@@ -71,21 +51,21 @@ def test_inject_hyperparams_changes_rates_under_jit():
       temperature=0.0)
   state = tx.init(PARAMS)
   update = jax.jit(tx.update)
-  grads = jax.grad(_loss)(PARAMS, 0)
+  grads = jax.grad(systems.loss)(PARAMS, 0)
   off, _ = update(grads, state, PARAMS)
   # inject_hyperparams stores numbers as float32 arrays, which rounds
   # differently from Python floats: compare with SGD under it too.
   sgd_tx = optax.inject_hyperparams(optax.sgd)(learning_rate=1e-2,
                                                 momentum=0.9)
   sgd, _ = jax.jit(sgd_tx.update)(grads, sgd_tx.init(PARAMS), PARAMS)
-  _assert_bitwise(off, sgd)
+  systems.assert_bitwise(off, sgd)
   state.hyperparams['collision_rate'] = jnp.asarray(1.0, jnp.float32)
   on, state = update(grads, state, PARAMS)
   assert not np.allclose(on['conv']['kernel'], off['conv']['kernel'])
   assert update._cache_size() == 1
   state.hyperparams['learning_rate'] = jnp.asarray(0.0, jnp.float32)
   zero, _ = update(grads, state, PARAMS)
-  _assert_bitwise(zero, jax.tree.map(jnp.zeros_like, zero))
+  systems.assert_bitwise(zero, jax.tree.map(jnp.zeros_like, zero))
 
 
 def test_inject_hyperparams_with_schedule_and_static_callables():
@@ -97,7 +77,7 @@ def test_inject_hyperparams_with_schedule_and_static_callables():
   params, state = PARAMS, tx.init(PARAMS)
   update = jax.jit(tx.update)
   for step in range(3):
-    grads = jax.grad(_loss)(params, step)
+    grads = jax.grad(systems.loss)(params, step)
     updates, state = update(grads, state, params)
     params = optax.apply_updates(params, updates)
   np.testing.assert_allclose(state.hyperparams['collision_rate'], 0.2,
