@@ -54,6 +54,16 @@ def train(tx, steps=4, params=PARAMS, jit=True):
   return out, state
 
 
+def velocity_problem(seed=0, d=6, n=10):
+  """A (d, n) kernel and a bias, and four gradients that move alike: what a
+  collision of the base optimizer's velocity acts on."""
+  kw, _ = jax.random.split(jax.random.key(seed))
+  params = {'w': jax.random.normal(kw, (d, n)), 'b': jnp.zeros(n)}
+  grads = [jax.tree.map(lambda x, i=i: jnp.sin(x * (i + 1.0)) + 0.3, params)
+           for i in range(4)]
+  return params, grads
+
+
 def assert_bitwise(a, b):
   """Every leaf of ``a`` equals that of ``b`` bit for bit."""
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):

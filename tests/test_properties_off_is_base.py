@@ -92,14 +92,6 @@ def test_a_bool_mask_reaches_the_diffusion():
     assert same != noisy
 
 
-def _velocity_problem(seed=0, d=6, n=10):
-  kw, _ = jax.random.split(jax.random.key(seed))
-  params = {'w': jax.random.normal(kw, (d, n)), 'b': jnp.zeros(n)}
-  grads = [jax.tree.map(lambda x, i=i: jnp.sin(x * (i + 1.0)) + 0.3, params)
-           for i in range(4)]
-  return params, grads
-
-
 @pytest.mark.parametrize('base, reference', [
     ('adam', optax.adam(1e-2)),
     ('sgd', optax.sgd(1e-2, momentum=0.9)),
@@ -107,7 +99,7 @@ def _velocity_problem(seed=0, d=6, n=10):
 def test_velocity_collision_at_zero_rate_is_the_base(base, reference):
   # A traced rate of 0 (a schedule) runs the collision's lax.cond, which
   # returns the momentum untouched: the base optimizer, bit for bit.
-  params, grads = _velocity_problem()
+  params, grads = systems.velocity_problem()
   tx = ko_optax.ko(1e-2, base=base, collide_on='velocity', collision='soft',
                    collision_rate=lambda count: 0.0 * count)
   outs = []

@@ -9,14 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import ko_optax
-
-
-def _problem(seed=0, d=6, n=10):
-  kw, kg = jax.random.split(jax.random.key(seed))
-  params = {'w': jax.random.normal(kw, (d, n)), 'b': jnp.zeros(n)}
-  grads = [jax.tree.map(lambda x, i=i: jnp.sin(x * (i + 1.0)) + 0.3, params)
-           for i in range(4)]
-  return params, grads
+import systems
 
 
 def _run(tx, params, grads):
@@ -30,7 +23,7 @@ def _run(tx, params, grads):
 
 
 def test_sgd_velocity_collision_is_kept_in_the_trace():
-  params, grads = _problem()
+  params, grads = systems.velocity_problem()
   collision = ko_optax.stochastic_collision(0.8, mode='hard', key=3)
   tx = ko_optax.kinetic_advection('sgd', momentum=0.9, collision=collision)
   got, state = _run(tx, params, grads)
@@ -53,7 +46,7 @@ def test_sgd_velocity_collision_is_kept_in_the_trace():
 
 
 def test_adam_velocity_collision_changes_mu_not_nu():
-  params, grads = _problem(1)
+  params, grads = systems.velocity_problem(1)
   plain = ko_optax.kinetic_advection('adam')
   collided = ko_optax.kinetic_advection(
       'adam', collision=ko_optax.stochastic_collision(0.5, mode='soft'))
