@@ -98,3 +98,21 @@ def test_gpu_targets_are_the_resnet_step_only():
                'KO-soft step <= 1.05x Adam, resnet18': ('x1.060', False)}
   # The tiny size is a dry run of the CPU targets on its own rows.
   assert len(cb.targets(results, 'tiny')) == len(cb.targets({}, 'cpu'))
+
+
+def test_bitcheck_compare_finds_every_differing_bit(tmp_path, capsys):
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  import bitcheck  # pylint: disable=g-import-not-at-top
+  a = {'x': np.arange(4, dtype=np.float32), 'y': np.zeros(2)}
+  np.savez(tmp_path / 'a.npz', **a)
+  np.savez(tmp_path / 'same.npz', **a)
+  flipped = a['x'].copy()
+  flipped.view(np.uint32)[1] ^= 1                # one bit of one entry
+  np.savez(tmp_path / 'b.npz', x=flipped, y=a['y'], z=np.ones(1))
+  assert bitcheck.compare(tmp_path / 'a.npz', tmp_path / 'same.npz')
+  assert not bitcheck.compare(tmp_path / 'a.npz', tmp_path / 'b.npz')
+  out = capsys.readouterr().out
+  assert 'DIFFERS: x' in out and 'only in B: z' in out
+  assert 'DIFFERS: y' not in out
+
