@@ -300,7 +300,14 @@ def _collide_neighbours(
     return g      # one particle per block: no pair, nothing collides
   ws, gs = _sort_columns(wb, gb, order, block)
   paired = 2 * (block // 2)
-  new_sorted = collide(ws[..., :paired], gs[..., :paired], collide_key)
+  # One key per block, so that each device draws only its own blocks'
+  # random words (one draw of all blocks would be moved between shards).
+  block_keys = jax.random.split(collide_key, wb.shape[1])
+  found = explicit_spec(ws)
+  if found is not None:
+    block_keys = jax.sharding.reshard(block_keys, P(found[1][0]))
+  new_sorted = jax.vmap(collide)(ws[..., :paired], gs[..., :paired],
+                                 block_keys)
   if paired < block:
     # Odd blocks: the last particle has no partner and keeps g.
     new_sorted = jnp.concatenate([new_sorted, gs[..., paired:]], axis=-1)
@@ -371,9 +378,11 @@ def collide_in_cells(
       cells never cross a block. Must divide N. Use the number of shards of
       the particle axis (or a multiple) for communication-free collisions.
     pairs: hard collisions: instead of cells of C, ``collide`` receives each
-      block in cell order with pairs as neighbouring columns (G, D, 2M); the
-      last particle of an odd block keeps its velocity, and with one
-      particle per block ``collide`` is not called.
+      block in cell order with pairs as neighbouring columns (D, 2M), under
+      ``jax.vmap`` over the G blocks with the keys ``split(key_c, G)`` (so a
+      device draws only the random numbers of its own blocks); the last
+      particle of an odd block keeps its velocity, and with one particle per
+      block ``collide`` is not called.
 
   Returns:
     The new velocities, a (D, N) matrix with the sharding of ``g``. Works
