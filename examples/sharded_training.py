@@ -24,6 +24,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import functools
 import re
 import sys
 import tempfile
@@ -42,7 +43,6 @@ from jax.sharding import PartitionSpec as P
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
-from sklearn import datasets
 
 import ko_optax
 
@@ -107,16 +107,18 @@ def state_shardings(mesh, tx, params_abstract):
   return {'params': p_shard, 'opt_state': o_shard, 'step': replicated}
 
 
-def make_train_step(tx, shardings, batch_sharding):
-  def train_step(state, x, y):
-    loss, grads = jax.value_and_grad(loss_fn)(state['params'], x, y)
-    updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
-    params = optax.apply_updates(state['params'], updates)
-    return {'params': params, 'opt_state': opt_state,
-            'step': state['step'] + 1}, loss
+def train_step(tx, state, x, y):
+  """One step on a batch; returns the new train state and the loss."""
+  loss, grads = jax.value_and_grad(loss_fn)(state['params'], x, y)
+  updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
+  params = optax.apply_updates(state['params'], updates)
+  return {'params': params, 'opt_state': opt_state,
+          'step': state['step'] + 1}, loss
 
+
+def make_train_step(tx, shardings, batch_sharding):
   return jax.jit(
-      train_step,
+      functools.partial(train_step, tx),
       in_shardings=(shardings, batch_sharding, batch_sharding),
       out_shardings=(shardings, NamedSharding(batch_sharding.mesh, P())),
       donate_argnums=0)
@@ -161,6 +163,7 @@ def main(argv=None) -> dict:
   mesh = make_mesh()
   shards = mesh.shape['model']
 
+  from sklearn import datasets  # here: multihost.py's workers skip it
   digits = datasets.load_digits()
   x_all = (digits.data / 16.0).astype(np.float32)
   y_all = digits.target.astype(np.int32)

@@ -34,6 +34,8 @@ os.environ.setdefault('MPLBACKEND', 'Agg')
 # pytest-xdist's two workers do not end with one of them alone on a long
 # test: longest-first scheduling keeps the suite's tail short.
 _LONGEST_FIRST = (
+    'tests/test_multihost.py::'
+    'test_two_processes_match_one_and_resume_exactly',
     'tests/test_lm_study.py::test_quick_study_runs_and_records',
     'tests/test_examples.py::test_gpt_scanned_quick',
     'tests/test_lm_study.py::'
