@@ -233,7 +233,8 @@ def markdown(summaries: list[dict]) -> list[str]:
       cells = '; '.join(
           f'{lr}: {_fmt(p["mean"], lo)} ± {_fmt(p["std"], lo)} '
           f'({p["seeds_train"]}/{p["seeds"]})' for lr, p in a['per_lr'].items())
-      rng = (f'{a["range"][0]}-{a["range"][-1]}' if a['range'] else 'none')
+      rng = ('-'.join(dict.fromkeys((a['range'][0], a['range'][-1])))
+             if a['range'] else 'none')
       m, sd = a['seed_width_mean_std']
       vs = a.get('vs_base')
       dw = (f'{_diff(vs["width"][0], vs["width"][1], vs["seeds"], False)} '
