@@ -94,6 +94,9 @@ def test_report_on_synthetic_grids(tmp_path):
   width = ko['vs_base']['width']
   assert math.isclose(width[0], 2 / 3) and ko['base'] == 'adamw'
   assert math.isclose(ko['vs_base']['score']['0.01'][0], -0.15)
+  by_frac = [m for m, _ in ko['vs_base_width_by_frac'].values()]
+  assert by_frac[0] == 0 and math.isclose(by_frac[1], 2 / 3)
+  assert by_frac[2] == 0
   # a looser rule lets AdamW's 1e-2 in, a stricter one keeps only the best
   assert adamw['width_by_frac'] == {'0.8': 2, '0.9': 1, '0.95': 1}
 

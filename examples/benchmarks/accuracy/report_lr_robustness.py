@@ -185,13 +185,16 @@ def summarize(spec: dict, curves: dict[str, Curve], frac: float) -> dict:
   for arm, curve in curves.items():
     a = arm_range(curve, thr, lower)
     a['seed_width_mean_std'] = mean_std(list(a['seed_width'].values()))
+    thrs = {f'{f:g}': threshold(ref, spec['chance'], f) for f in SWEEP}
+    a['width_by_frac'] = {f: arm_range(curve, t, lower)['width']
+                          for f, t in thrs.items()}
     b = base_name(arm, spec)
     if b in curves:
       a['base'] = b
       a['vs_base'] = paired(curve, curves[b], thr, lower)
-    a['width_by_frac'] = {
-        f'{f:g}': arm_range(curve, threshold(ref, spec['chance'], f),
-                            lower)['width'] for f in SWEEP}
+      a['vs_base_width_by_frac'] = {
+          f: paired(curve, curves[b], t, lower)['width']
+          for f, t in thrs.items()}
     arms[arm] = a
   return dict(task=spec['name'], label=spec['label'], lower=lower,
               chance=spec['chance'], base=spec['base'], ref=ref, frac=frac,
@@ -228,7 +231,7 @@ def markdown(summaries: list[dict]) -> list[str]:
             f'{s["frac"]:g}).', '',
             '| arm | mean ± std per rate (seeds that train) | rates that '
             f'train (mean) | width per seed | Δ width vs base, paired | '
-            f'width at {fr} |', '|---|---|---|---|---|---|']
+            f'width at {fr} (paired Δ) |', '|---|---|---|---|---|---|']
     for arm, a in s['arms'].items():
       cells = '; '.join(
           f'{lr}: {_fmt(p["mean"], lo)} ± {_fmt(p["std"], lo)} '
@@ -240,6 +243,10 @@ def markdown(summaries: list[dict]) -> list[str]:
       dw = (f'{_diff(vs["width"][0], vs["width"][1], vs["seeds"], False)} '
             f'({a["base"]})' if vs else '')
       sweep = ' / '.join(str(w) for w in a['width_by_frac'].values())
+      if vs:
+        sweep += ' (paired Δ ' + ' / '.join(
+            _diff(dm, dsd, vs['seeds'], False)
+            for dm, dsd in a['vs_base_width_by_frac'].values()) + ')'
       out.append(f'| {arm} | {cells} | {rng} ({a["width"]} of '
                  f'{len(a["grid"])}) | {m:.1f} ± {sd:.1f} | {dw} | {sweep} |')
     out.append('')
