@@ -219,10 +219,6 @@ def start_runtime(args):
     return jax
   jax.config.update('jax_num_cpu_devices', DEVICES // args.num_processes)
   if args.num_processes > 1:
-    # The resumed processes run the programs the first ones compiled.
-    jax.config.update('jax_compilation_cache_dir',
-                      str(pathlib.Path(args.out) / 'compilation_cache'))
-    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')
     jax.distributed.initialize(f'localhost:{args.port}', args.num_processes,
                                args.process_id)
