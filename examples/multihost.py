@@ -103,9 +103,19 @@ def launch(args, phase: str, processes: int, out: pathlib.Path) -> list:
           for i in range(processes)]
 
 
-def wait(procs: list, what: str) -> None:
+def wait(procs: list, what: str, timeout: float = 600.0) -> None:
+  """Waits for the workers; a hung one (a lost peer) fails the run instead
+  of blocking it."""
+  deadline = time.monotonic() + timeout
   for p in procs:
-    output, _ = p.communicate()
+    try:
+      output, _ = p.communicate(timeout=max(deadline - time.monotonic(), 1))
+    except subprocess.TimeoutExpired:
+      for q in procs:
+        q.kill()
+      output = p.communicate()[0]
+      raise SystemExit(f'{what}: no result after {timeout:.0f} s; killed '
+                       f'the workers. Output:\n{output[-4000:]}') from None
     if p.returncode:
       raise SystemExit(f'{what}: a worker failed (exit {p.returncode}):\n'
                        + output[-4000:])
