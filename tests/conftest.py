@@ -35,6 +35,7 @@ os.environ.setdefault('MPLBACKEND', 'Agg')
 # test: longest-first scheduling keeps the suite's tail short.
 _LONGEST_FIRST = (
     'tests/test_lm_study.py::test_quick_study_runs_and_records',
+    'tests/test_plasticity_study.py::test_quick_study_runs_and_records',
     'tests/test_examples.py::test_gpt_scanned_quick',
     'tests/test_lm_study.py::'
     'test_every_arm_builds_and_ko_on_muon_collides_before_muon',

