@@ -37,6 +37,7 @@ _LONGEST_FIRST = (
     'tests/test_multihost.py::'
     'test_two_processes_match_one_and_resume_exactly',
     'tests/test_lm_study.py::test_quick_study_runs_and_records',
+    'tests/test_plasticity_study.py::test_quick_study_runs_and_records',
     'tests/test_examples.py::test_gpt_scanned_quick',
     'tests/test_lm_study.py::'
     'test_every_arm_builds_and_ko_on_muon_collides_before_muon',
