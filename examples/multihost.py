@@ -50,6 +50,8 @@ import time
 import numpy as np
 
 ARMS = ('adam', 'hard_cells', 'hard', 'diffusion', 'soft_cells')
+# The quick mode's: the hard collision with the diffusion in one arm.
+QUICK_ARMS = ('adam', 'hard_cells', 'soft_cells')
 SHARDS = 4                    # the 'model' axis: shards of the particles
 DEVICES = 8
 BATCH = 64                    # global batch, split over 'data'
@@ -94,6 +96,7 @@ def launch(args, phase: str, processes: int, out: pathlib.Path) -> list:
   common = [sys.executable, os.path.abspath(__file__), '--worker', phase,
             '--num-processes', str(processes), '--port', str(port),
             '--steps', str(args.steps), '--hidden', str(args.hidden),
+            '--arms', ','.join(args.arms),
             '--out', str(out)]
   # Local runs are CPU runs, also on a machine with an accelerator.
   env = dict(os.environ, PYTHONUNBUFFERED='1', JAX_PLATFORMS='cpu')
@@ -133,7 +136,7 @@ def compare(out: pathlib.Path) -> dict:
   with open(out / 'multi.json') as f:
     info = json.load(f)
   arms = {}
-  for arm in ARMS:
+  for arm in info['losses']:
     prefix = f"['trained']['{arm}']['params']"
     ours = {k: v for k, v in multi.items() if k.startswith(prefix)}
     update = [k for k in multi if k.startswith(f"['update']['{arm}']")]
@@ -174,17 +177,20 @@ def report(result: dict, seconds: float) -> None:
         f'ones: resumed run equals uninterrupted, all '
         f'{result["resumed_leaves"]} leaves of every arm bit for bit: '
         f'{result["resumed_equal"]}')
-  losses = result['losses']['hard_cells']
-  print(f'hard_cells loss {losses[0]:.3f} -> {losses[-1]:.3f}; '
-        f'{seconds:.0f} s')
+  for arm, losses in result['losses'].items():
+    print(f'{arm} loss {losses[0]:.3f} -> {losses[-1]:.3f}', end='; ')
+  print(f'{seconds:.0f} s')
 
 
 def main(argv=None) -> dict:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--quick', action='store_true',
-                      help='6 steps, hidden 32 (for tests).')
+                      help='6 steps, hidden 32, 3 arms (for tests).')
   parser.add_argument('--steps', type=int, default=None)
   parser.add_argument('--hidden', type=int, default=None)
+  parser.add_argument('--arms', default=None,
+                      help=f'Comma-separated, of {",".join(ARMS)} (default: '
+                      'all; with --quick: ' + ','.join(QUICK_ARMS) + ').')
   parser.add_argument('--out', default=None,
                       help='Working directory (default: a temporary one).')
   parser.add_argument('--cluster', action='store_true',
@@ -198,6 +204,11 @@ def main(argv=None) -> dict:
   args = parser.parse_args(argv)
   args.steps = args.steps or (6 if args.quick else 200)
   args.hidden = args.hidden or (32 if args.quick else 256)
+  args.arms = (args.arms.split(',') if args.arms else
+               list(QUICK_ARMS if args.quick else ARMS))
+  if 'adam' not in args.arms or set(args.arms) - set(ARMS):
+    parser.error(f'--arms: a comma-separated list of {", ".join(ARMS)} '
+                 'that includes adam (the reference)')
   if args.worker or args.cluster:
     return worker(args)
   start = time.perf_counter()
@@ -207,11 +218,16 @@ def main(argv=None) -> dict:
   print(f'{args.num_processes} processes x {DEVICES // args.num_processes} '
         f'CPU devices on localhost, {args.steps} steps; writing {out}')
   write_batches(out / 'batches.npz', args.steps, BATCH)
-  # The single-process run needs no coordinator: it runs beside the others.
-  single = launch(args, 'single', 1, out)
-  wait(launch(args, 'multi', args.num_processes, out), 'multi-process run')
+  multi = launch(args, 'multi', args.num_processes, out)
+  # The single-process reference runs beside them: here if this process has
+  # the 8 CPU devices (as a script, or under the tests), else in its own.
+  if cpu_devices_here() >= DEVICES:
+    worker(argparse.Namespace(**{**vars(args), 'worker': 'single',
+                                 'num_processes': 1}), here=True)
+  else:
+    wait(launch(args, 'single', 1, out), 'single-process run')
+  wait(multi, 'multi-process run')
   wait(launch(args, 'resume', args.num_processes, out), 'resumed run')
-  wait(single, 'single-process run')
   result = compare(out)
   report(result, time.perf_counter() - start)
   return result
@@ -219,6 +235,13 @@ def main(argv=None) -> dict:
 
 # ----------------------------------------------------------------------------
 # The worker: what every process runs.
+
+
+def cpu_devices_here() -> int:
+  """How many CPU devices this process's JAX runs on (0 if its default
+  backend is another)."""
+  import jax
+  return len(jax.devices()) if jax.default_backend() == 'cpu' else 0
 
 
 def start_runtime(args):
@@ -278,7 +301,7 @@ def initial_state(jax, args, mesh):
   import jax.numpy as jnp
 
   import sharded_training as st
-  txs = {arm: make_optimizer(arm) for arm in ARMS}
+  txs = {arm: make_optimizer(arm) for arm in args.arms}
   sizes = (64, args.hidden, args.hidden, 10)
   abstract = jax.eval_shape(lambda k: st.init_params(k, sizes),
                             jax.random.key(0))
@@ -372,7 +395,7 @@ def train(jax, args, mesh, phase: str, out: pathlib.Path):
     state, first = restore(jax, out / 'checkpoint', state, shardings), half
   else:
     updates, collectives = same_gradient_updates(jax, txs, shardings, state)
-  losses: dict = {arm: [] for arm in ARMS}
+  losses: dict = {arm: [] for arm in args.arms}
   batches = out / 'batches.npz'
   if args.cluster:              # no launcher: the first process writes it
     if jax.process_index() == 0:
@@ -387,14 +410,18 @@ def train(jax, args, mesh, phase: str, out: pathlib.Path):
       save(out / 'checkpoint', state)
     state, loss = step(state, global_batch(jax, batch_sharding, x),
                        global_batch(jax, batch_sharding, y))
-    for arm in ARMS:
+    for arm in args.arms:
       losses[arm].append(float(loss[arm]))
   return state, losses, updates, collectives
 
 
-def worker(args) -> dict:
-  """One process: trains the arms of its phase and writes what it found."""
-  jax = start_runtime(args)
+def worker(args, here: bool = False) -> dict:
+  """One process: trains the arms of its phase and writes what it found
+  (``here``: in the launcher's process, whose JAX runtime is started)."""
+  if here:
+    import jax
+  else:
+    jax = start_runtime(args)
   # 'model' inside a process (a host's fast links), 'data' across them.
   mesh = jax.make_mesh((jax.device_count() // SHARDS, SHARDS),
                        ('data', 'model'),
@@ -415,10 +442,16 @@ def worker(args) -> dict:
       json.dump(info, f)
     if args.cluster:
       print(f'{info["processes"]} processes, mesh {info["mesh"]}; loss '
-            f'{losses["hard_cells"][0]:.3f} -> {losses["hard_cells"][-1]:.3f};'
-            f' collectives in the KO update: {info["collectives"]}; '
+            + ', '.join(f'{arm} {v[0]:.3f} -> {v[-1]:.3f}'
+                        for arm, v in losses.items())
+            + f'; collectives in the KO update: {info["collectives"]}; '
             f'checkpoint and results in {out}')
   return info
 
 if __name__ == '__main__':
+  if '--worker' not in sys.argv and '--cluster' not in sys.argv:
+    # The launcher runs the single-process reference on 8 CPU devices.
+    import jax
+    jax.config.update('jax_platforms', 'cpu')
+    jax.config.update('jax_num_cpu_devices', DEVICES)
   main(sys.argv[1:])

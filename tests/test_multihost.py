@@ -1,8 +1,10 @@
 """Two JAX processes on one machine give KO's single-process results.
 
 ``examples/multihost.py --quick`` starts 2 processes of 4 CPU devices that
-join one runtime over localhost, a third process with all 8 devices, and 2
-fresh processes that restore the first pair's orbax checkpoint.
+join one runtime over localhost, runs the same training in this process on
+its 8 devices (tests/conftest.py asks for them), and starts 2 fresh
+processes that restore the first pair's orbax checkpoint. Its quick arms:
+Adam, hard collisions in cells with diffusion, soft collisions in cells.
 """
 
 import pytest
@@ -27,6 +29,6 @@ def test_two_processes_match_one_and_resume_exactly(tmp_path):
   assert result['allowed'] < 1e-5
   # Cells aligned with the 'model' shards: nothing crosses devices.
   assert result['collectives'] == {'hard_cells': [], 'soft_cells': []}
-  assert result['resumed_equal'] and result['resumed_leaves'] > 100
+  assert result['resumed_equal'] and result['resumed_leaves'] > 50
   losses = result['losses']['hard_cells']
   assert len(losses) == 6 and losses[-1] < losses[0]
