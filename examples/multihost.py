@@ -50,6 +50,8 @@ import time
 
 import numpy as np
 
+import sharded_training as st
+
 ARMS = ('adam', 'hard_cells', 'hard', 'diffusion', 'soft_cells')
 # The quick mode's: the hard collision with the diffusion in one arm.
 QUICK_ARMS = ('adam', 'hard_cells', 'soft_cells')
@@ -68,10 +70,6 @@ def make_optimizer(arm: str):
   import optax
 
   import ko_optax
-  # The hidden kernels collide; the 10-way head cannot be split in 4 cell
-  # groups, and biases are not particles.
-  mask = {'w1': True, 'b1': False, 'w2': True, 'b2': False, 'w3': False,
-          'b3': False}
   cells = dict(cell_size=8, cell_groups=SHARDS)
   options = {
       'hard_cells': dict(collision='hard', temperature=1e-4, **cells),
@@ -81,7 +79,7 @@ def make_optimizer(arm: str):
   }
   if arm == 'adam':
     return optax.adam(3e-3)
-  return ko_optax.ko(3e-3, collision_rate=0.1, mask=mask, key=0,
+  return ko_optax.ko(3e-3, collision_rate=0.1, mask=st.COLLIDING, key=0,
                      **options[arm])
 
 
@@ -306,7 +304,6 @@ def initial_state(jax, args, mesh):
   with their shardings."""
   import jax.numpy as jnp
 
-  import sharded_training as st
   txs = {arm: make_optimizer(arm) for arm in args.arms}
   sizes = (64, args.hidden, args.hidden, 10)
   abstract = jax.eval_shape(lambda k: st.init_params(k, sizes),
@@ -329,7 +326,6 @@ def make_step(jax, txs, shardings, batch_sharding):
   from jax.sharding import NamedSharding
   from jax.sharding import PartitionSpec as P
 
-  import sharded_training as st
 
   def step(state, x, y):
     out = {arm: st.train_step(tx, state[arm], x, y)
@@ -371,7 +367,6 @@ def same_gradient_updates(jax, txs, shardings, state):
   """
   import jax.numpy as jnp
 
-  import sharded_training as st
   updates, collectives = {}, {}
   for arm, tx in txs.items():
     def update(arm_state, tx=tx):
@@ -429,9 +424,7 @@ def worker(args, here: bool = False) -> dict:
   else:
     jax = start_runtime(args)
   # 'model' inside a process (a host's fast links), 'data' across them.
-  mesh = jax.make_mesh((jax.device_count() // SHARDS, SHARDS),
-                       ('data', 'model'),
-                       axis_types=(jax.sharding.AxisType.Auto,) * 2)
+  mesh = st.make_mesh(jax.device_count() // SHARDS, SHARDS)
   out = pathlib.Path(args.out)
   phase = 'multi' if args.cluster else args.worker
   state, losses, updates, collectives = train(jax, args, mesh, phase, out)
